@@ -1,0 +1,1851 @@
+"""rlhf_utils.py: the shared, tested helpers of the "RLHF in Notebooks" series.
+
+The three notebooks teach; this module holds the one implementation of each piece they teach,
+so that the tests in `tests/` check exactly the code the notebooks run. It reads top to bottom
+in the order a learner meets the pieces:
+
+    config -> device and precision -> data -> models -> generation -> PPO math
+    -> training helpers -> plots -> checkpoints -> profiles (smoke / cpu assets)
+
+Shapes: B = batch, T = tokens, P = prompt tokens, R = response tokens, V = vocabulary, H = hidden.
+`mask` tensors are 1 on the tokens that count (response tokens in PPO) and 0 elsewhere.
+
+References (equation numbers are the papers'):
+- [Radford19]  Radford et al., "Language Models are Unsupervised Multitask Learners" (GPT-2), 2019.
+- [Ziegler19]  Ziegler et al., "Fine-Tuning Language Models from Human Preferences", 2019,
+               arXiv:1909.08593. Eq. (2): the KL-shaped reward; Sec. 2.2: the adaptive KL coefficient.
+- [Schulman16] Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
+               Estimation", 2016, arXiv:1506.02438. Eq. (16): GAE(gamma, lambda).
+- [Schulman17] Schulman et al., "Proximal Policy Optimization Algorithms", 2017, arXiv:1707.06347.
+               Eq. (7): the clipped surrogate objective; Eq. (9): value loss and entropy bonus.
+- [Ouyang22]   Ouyang et al., "Training language models to follow instructions with human
+               feedback" (InstructGPT), 2022, arXiv:2203.02155. Eq. (1): the pairwise reward loss.
+- [Huang24]    Huang et al., "The N+ Implementation Details of RLHF with PPO: A Case Study on
+               TL;DR Summarization", 2024, arXiv:2403.17031.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.parse
+
+
+# -----------------------------------------------------------------------------
+# Hub access. This runs before transformers/datasets are imported, because the
+# Hugging Face libraries read HF_HUB_OFFLINE once, at import time.
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """True when a TCP connection to the Hugging Face hub opens within `timeout` seconds."""
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    try:
+        with socket.create_connection((host or "huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def configure_hub_access(timeout: float = 2.0) -> bool:
+    """Switch the HF libraries to offline mode when the hub is unreachable; returns whether it is online.
+
+    Without this, a download attempt on a machine without internet retries for 20-80 s before it
+    fails. Offline, cached files still load and missing ones fail at once (see `HubUnavailableError`).
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if hub_reachable(timeout):
+        return True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    for module_name in ("huggingface_hub.constants", "datasets.config"):  # already imported: patch too
+        if module_name in sys.modules:
+            setattr(sys.modules[module_name], "HF_HUB_OFFLINE", True)
+    return False
+
+
+HUB_ONLINE = configure_hub_access()
+
+import contextlib  # noqa: E402  (imports below must follow configure_hub_access)
+import dataclasses  # noqa: E402
+import difflib  # noqa: E402
+import hashlib  # noqa: E402
+import inspect  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+import typing  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable, Iterator, Mapping, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+
+class RLHFError(Exception):
+    """An error with a message that says what to do; raised for bad input, never for bugs."""
+
+
+class ConfigError(RLHFError, ValueError):
+    """A configuration value or `RLHF_` override that cannot be used."""
+
+
+class DatasetSchemaError(RLHFError, ValueError):
+    """A dataset without the expected splits, columns or labels."""
+
+
+class HubUnavailableError(RLHFError, OSError):
+    """A model or dataset that must come from the Hugging Face hub, which cannot be reached."""
+
+
+class CheckpointError(RLHFError, OSError):
+    """A missing, half-written, corrupt or incompatible checkpoint."""
+
+
+class TrainingDivergedError(RLHFError, FloatingPointError):
+    """A NaN or infinite loss: training stopped before it could damage the last good checkpoint."""
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+ENV_PREFIX = "RLHF_"
+PROFILE_NAMES = ("full", "cpu", "smoke")
+
+
+def param(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a one-line explanation, shown by `show_config`."""
+    return field(default=default, metadata={"help": help})
+
+
+def _check(condition: bool, message: str) -> None:
+    """Raise a ConfigError with `message` unless `condition` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass
+class BaseConfig:
+    """Settings every notebook shares."""
+
+    profile: str = param("full", "preset of sizes: 'full' (GPT-2 small, GPU), 'cpu' (small GPT-2 from scratch on real SST-2), 'smoke' (tiny, offline, for CI)")
+    model_name: str = param("gpt2", "hub name or local folder of the model this notebook starts from")
+    dataset_name: str = param("stanfordnlp/sst2", "hub name, or local folder with train/validation files (.jsonl, .csv or .parquet) holding `sentence` and `label`")
+    output_dir: str = param("outputs", "folder for everything this series writes (models, checkpoints, figures)")
+    seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)")
+    device: str = param("auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'")
+    precision: str = param("auto", "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'")
+    max_length: int = param(64, "longest training sequence in tokens, EOS included; longer sentences are cut")
+    push_to_hub: bool = param(False, "also upload the saved model to the Hugging Face hub (needs HF_TOKEN or Colab's secret)")
+    hub_repo_id: str = param("", "hub repository for push_to_hub, e.g. 'your-name/gpt2-sst2-sft'")
+
+    def __post_init__(self) -> None:
+        _check(self.profile in PROFILE_NAMES, f"profile={self.profile!r}: choose one of {PROFILE_NAMES}.")
+        _check(self.device in ("auto", "cuda", "cpu"), f"device={self.device!r}: use 'auto', 'cuda' or 'cpu'.")
+        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision={self.precision!r}: use 'auto', 'bf16', 'fp16' or 'fp32'.")
+        _check(8 <= self.max_length <= 1024, f"max_length={self.max_length}: use 8..1024 tokens (GPT-2 knows 1024 positions).")
+        _check(not self.push_to_hub or "/" in self.hub_repo_id, "push_to_hub=True needs hub_repo_id='your-name/model-name'.")
+
+
+@dataclass
+class SFTConfig(BaseConfig):
+    """Every hyperparameter of 1-SFT.ipynb."""
+
+    batch_size: int = param(32, "sentences per optimisation step")
+    learning_rate: float = param(5e-5, "peak AdamW learning rate")
+    lr_schedule: str = param("cosine", "decay after warmup: 'cosine', 'linear' or 'constant'")
+    warmup_ratio: float = param(0.03, "share of the steps spent warming the learning rate up from 0")
+    num_epochs: float = param(1.0, "passes over the training sentences (fractions allowed)")
+    weight_decay: float = param(0.01, "AdamW weight decay on matrices (not on biases and LayerNorm gains)")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
+    max_train_samples: int = param(0, "use only this many training sentences (0 = all)")
+    eval_every: int = param(400, "validate every this many steps")
+    num_eval_generations: int = param(128, "validation prompts sampled to measure how often samples end with EOS")
+    sample_max_new_tokens: int = param(40, "most tokens a sample may add to its prompt")
+    sample_temperature: float = param(1.0, "sampling temperature for the samples (1.0 = the model's own distribution)")
+    sample_prompts: str = param("the film|this movie is|i found the acting|the director|it 's a|the story", "fixed prompts sampled before and after training, separated by '|'")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be at least 1.")
+        _check(0 < self.learning_rate < 1, f"learning_rate={self.learning_rate}: must be in (0, 1).")
+        _check(self.lr_schedule in ("cosine", "linear", "constant"), f"lr_schedule={self.lr_schedule!r}: use 'cosine', 'linear' or 'constant'.")
+        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio}: must be in [0, 1).")
+        _check(self.num_epochs > 0, f"num_epochs={self.num_epochs}: must be positive.")
+        _check(self.weight_decay >= 0 and self.max_grad_norm > 0, "weight_decay must be >= 0 and max_grad_norm > 0.")
+        _check(self.eval_every >= 1 and self.max_train_samples >= 0, "eval_every must be >= 1 and max_train_samples >= 0.")
+        _check(self.sample_temperature > 0, f"sample_temperature={self.sample_temperature}: must be positive.")
+
+
+@dataclass
+class RMConfig(BaseConfig):
+    """Every hyperparameter of 2-RM Training.ipynb."""
+
+    loss: str = param("bce", "'bce' (binary cross-entropy on the label) or 'pairwise' (Bradley-Terry on positive-vs-negative pairs)")
+    compare_losses: bool = param(True, "also train a model with the other loss on the same data and steps, and compare")
+    compare_max_steps: int = param(400, "steps for each model of the loss comparison")
+    batch_size: int = param(32, "sentences per step (pairs per step for the pairwise loss: batch_size / 2)")
+    learning_rate: float = param(3e-5, "peak AdamW learning rate")
+    lr_schedule: str = param("linear", "decay after warmup: 'cosine', 'linear' or 'constant'")
+    warmup_ratio: float = param(0.05, "share of the steps spent warming the learning rate up from 0")
+    num_epochs: float = param(2.0, "passes over the training sentences (fractions allowed)")
+    weight_decay: float = param(0.01, "AdamW weight decay on matrices")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
+    max_train_samples: int = param(0, "use only this many training sentences (0 = all)")
+    eval_every: int = param(500, "validate every this many steps")
+    prefix_lengths: str = param("2|4|8|16", "prefix lengths in tokens for the truncated-sentence accuracy, separated by '|'")
+    norm_samples: int = param(4000, "training sentences scored to record the reward's mean and standard deviation")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.loss in ("bce", "pairwise"), f"loss={self.loss!r}: use 'bce' or 'pairwise'.")
+        _check(self.batch_size >= 2, f"batch_size={self.batch_size}: must be at least 2 (pairs need two sentences).")
+        _check(0 < self.learning_rate < 1, f"learning_rate={self.learning_rate}: must be in (0, 1).")
+        _check(self.lr_schedule in ("cosine", "linear", "constant"), f"lr_schedule={self.lr_schedule!r}: use 'cosine', 'linear' or 'constant'.")
+        _check(0 <= self.warmup_ratio < 1 and self.num_epochs > 0, "warmup_ratio must be in [0, 1) and num_epochs > 0.")
+        _check(self.compare_max_steps >= 1 and self.eval_every >= 1 and self.norm_samples >= 2, "compare_max_steps and eval_every must be >= 1, norm_samples >= 2.")
+
+
+@dataclass
+class PPOConfig(BaseConfig):
+    """Every hyperparameter of 3-RLHF.ipynb."""
+
+    sft_model_dir: str = param("{output_dir}/sft_model", "the SFT model from 1-SFT.ipynb: the policy's start and the frozen reference")
+    reward_model_dir: str = param("{output_dir}/reward_model", "the reward model from 2-RM Training.ipynb")
+    policy_dir: str = param("{output_dir}/ppo_policy", "where the final PPO policy is saved")
+    checkpoint_dir: str = param("{output_dir}/ppo_checkpoint", "where training checkpoints are written (and resumed from)")
+    require_cuda: bool = param(True, "stop with a message when no CUDA GPU is present (set False, or device='cpu', to run on CPU anyway)")
+    num_iterations: int = param(100, "PPO iterations: each samples a batch of episodes and optimises on it")
+    batch_size: int = param(256, "episodes (prompt + response) sampled per iteration")
+    minibatch_size: int = param(64, "episodes per gradient step")
+    ppo_epochs: int = param(4, "passes over each batch of episodes")
+    prompt_min_tokens: int = param(2, "shortest prompt, in tokens")
+    prompt_max_tokens: int = param(8, "longest prompt, in tokens")
+    response_length: int = param(24, "most tokens the policy may add; a response ends earlier at EOS")
+    temperature: float = param(1.0, "sampling temperature, also used for the log-probs PPO optimises")
+    learning_rate: float = param(1.4e-5, "AdamW learning rate of policy and value head")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
+    gamma: float = param(1.0, "discount factor of GAE (1.0: a sentence is short, nothing is discounted)")
+    lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo")
+    clip_range: float = param(0.2, "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon")
+    clip_range_value: float = param(0.2, "the value may move this much from its old value before the loss is clipped")
+    vf_coef: float = param(0.1, "weight of the value loss in the total loss (the value head shares the policy's trunk)")
+    init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start")
+    adaptive_kl: bool = param(True, "adapt beta towards kl_target (Ziegler et al. 2019) or keep it fixed")
+    kl_target: float = param(6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for")
+    kl_horizon: int = param(10000, "episodes over which the adaptive controller moves beta")
+    whiten_advantages: bool = param(True, "normalise advantages to mean 0, std 1 over each batch")
+    normalize_scores: bool = param(True, "use (score - mean) / std with the statistics saved beside the reward model")
+    missing_eos_penalty: float = param(1.0, "subtracted from the (normalised) score of a response that did not end with EOS")
+    eval_prompts: int = param(256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)")
+    log_every: int = param(1, "record metrics every this many iterations")
+    samples_every: int = param(10, "show a sample table every this many iterations")
+    checkpoint_every: int = param(10, "write a checkpoint every this many iterations")
+    resume: bool = param(True, "continue from checkpoint_dir when it holds a checkpoint")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.num_iterations >= 1, f"num_iterations={self.num_iterations}: must be at least 1.")
+        _check(self.batch_size >= 2 and 1 <= self.minibatch_size <= self.batch_size, "need batch_size >= 2 and 1 <= minibatch_size <= batch_size.")
+        _check(self.batch_size % self.minibatch_size == 0, f"batch_size={self.batch_size} must be a multiple of minibatch_size={self.minibatch_size}.")
+        _check(self.ppo_epochs >= 1, f"ppo_epochs={self.ppo_epochs}: must be at least 1.")
+        _check(1 <= self.prompt_min_tokens <= self.prompt_max_tokens, "need 1 <= prompt_min_tokens <= prompt_max_tokens.")
+        _check(self.response_length >= 1 and self.temperature > 0, "need response_length >= 1 and temperature > 0.")
+        _check(0 < self.learning_rate < 1 and self.max_grad_norm > 0, "need 0 < learning_rate < 1 and max_grad_norm > 0.")
+        _check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma={self.gamma}, lam={self.lam}: both must be in [0, 1].")
+        _check(0 < self.clip_range < 1 and self.clip_range_value > 0, "need 0 < clip_range < 1 and clip_range_value > 0.")
+        _check(self.vf_coef >= 0 and self.init_kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon >= 1, "need vf_coef >= 0, init_kl_coef >= 0, kl_target > 0, kl_horizon >= 1.")
+        _check(self.eval_prompts >= 0 and min(self.log_every, self.samples_every, self.checkpoint_every) >= 1, "eval_prompts must be >= 0; log_every, samples_every and checkpoint_every >= 1.")
+
+
+# What each profile changes. Only values: every profile runs the same lines of code.
+PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "*": dict(output_dir="outputs/smoke", model_name="{output_dir}/base_model",
+                  dataset_name="{output_dir}/data/sst2", max_length=32),
+        "SFTConfig": dict(batch_size=16, learning_rate=3e-3, warmup_ratio=0.05, num_epochs=1.0,
+                          max_train_samples=1200, eval_every=25, num_eval_generations=32,
+                          sample_max_new_tokens=16),
+        "RMConfig": dict(batch_size=16, learning_rate=2e-3, num_epochs=1.0, max_train_samples=1200,
+                         compare_max_steps=40, eval_every=25, norm_samples=200, prefix_lengths="2|4|8"),
+        "PPOConfig": dict(require_cuda=False, num_iterations=12, batch_size=32, minibatch_size=16,
+                          ppo_epochs=2, response_length=12, learning_rate=3e-4, init_kl_coef=0.02,
+                          kl_horizon=1000, eval_prompts=32, samples_every=6, checkpoint_every=4),
+    },
+    "cpu": {
+        "*": dict(output_dir="outputs/cpu", model_name="{output_dir}/base_model", precision="auto"),
+        "SFTConfig": dict(batch_size=64, learning_rate=2e-3, warmup_ratio=0.02, num_epochs=1.0,
+                          eval_every=200, num_eval_generations=128),
+        "RMConfig": dict(model_name="{output_dir}/sft_model", batch_size=64, learning_rate=5e-4,
+                         num_epochs=1.0, compare_max_steps=150, eval_every=200, norm_samples=2000),
+        "PPOConfig": dict(require_cuda=False, num_iterations=40, batch_size=128, minibatch_size=32,
+                          response_length=24, learning_rate=1e-4, eval_prompts=0),
+    },
+}
+ALL_CONFIGS: tuple[type, ...] = (SFTConfig, RMConfig, PPOConfig)
+RESERVED_ENV = {"PROFILE", "SMOKE"}
+
+
+def _parse_env_value(name: str, raw: str, annotation: Any) -> Any:
+    """Parse the text of an `RLHF_` variable into the type of the config field it overrides."""
+    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""), str)
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw.replace("_", ""))
+        if kind is float:
+            return float(raw)
+        return raw
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}; "
+                          f"give a {kind.__name__} or unset the variable.") from None
+
+
+def selected_profile(environ: Mapping[str, str] = os.environ) -> str:
+    """The profile the environment asks for: RLHF_PROFILE, or 'smoke' when RLHF_SMOKE=1, else 'full'."""
+    profile = environ.get(ENV_PREFIX + "PROFILE", "").strip().lower()
+    smoke = environ.get(ENV_PREFIX + "SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+    if profile and smoke and profile != "smoke":
+        raise ConfigError(f"RLHF_SMOKE=1 and RLHF_PROFILE={profile} disagree: set only one of them.")
+    profile = profile or ("smoke" if smoke else "full")
+    if profile not in PROFILE_NAMES:
+        raise ConfigError(f"RLHF_PROFILE={profile!r}: choose one of {PROFILE_NAMES}.")
+    return profile
+
+
+def make_config(cls: type, environ: Mapping[str, str] = os.environ, **edits: Any) -> Any:
+    """Build a config: the class defaults, then the profile's values, then `edits`, then `RLHF_` variables."""
+    profile = selected_profile(environ)
+    values: dict[str, Any] = {"profile": profile}
+    values.update(PROFILE_OVERRIDES.get(profile, {}).get("*", {}))
+    values.update(PROFILE_OVERRIDES.get(profile, {}).get(cls.__name__, {}))
+    values.update(edits)
+    own_fields = {f.name: f for f in dataclasses.fields(cls)}
+    series_fields = {f.name for c in ALL_CONFIGS for f in dataclasses.fields(c)}
+    hints = typing.get_type_hints(cls)
+    for key, raw in sorted(environ.items()):
+        if not key.startswith(ENV_PREFIX) or key[len(ENV_PREFIX):] in RESERVED_ENV:
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in series_fields:
+            close = difflib.get_close_matches(name, sorted(series_fields), n=3)
+            hint = f" Did you mean {', '.join(ENV_PREFIX + c.upper() for c in close)}?" if close else ""
+            raise ConfigError(f"{key} is not a setting of this series.{hint} Unset it, or see the "
+                              f"Configuration cell for the names (RLHF_ + field name in capitals).")
+        if name in own_fields:  # a field of another notebook's config is left to that notebook
+            values[name] = _parse_env_value(name, raw, hints[name])
+    output_dir = values.get("output_dir", own_fields["output_dir"].default)
+    for name, value in list(values.items()):
+        if isinstance(value, str) and "{output_dir}" in value:
+            values[name] = value.replace("{output_dir}", output_dir)
+    for name, f in own_fields.items():  # defaults that point into output_dir
+        if name not in values and isinstance(f.default, str) and "{output_dir}" in f.default:
+            values[name] = f.default.replace("{output_dir}", output_dir)
+    unknown = set(values) - set(own_fields)
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {sorted(unknown)}.")
+    return cls(**values)
+
+
+def config_table(cfg: Any) -> "pd.DataFrame":
+    """The config as a table: field, value, and what it means."""
+    import pandas as pd
+    rows = [(f.name, getattr(cfg, f.name), f.metadata.get("help", "")) for f in dataclasses.fields(cfg)]
+    return pd.DataFrame(rows, columns=["field", "value", "meaning"]).set_index("field")
+
+
+def split_list(text: str, kind: Callable[[str], Any] = str) -> list:
+    """Split a '|'-separated config value into a list of `kind`."""
+    return [kind(part.strip()) for part in text.split("|") if part.strip()]
+
+
+# -----------------------------------------------------------------------------
+# Device and precision
+
+@dataclass(frozen=True)
+class Precision:
+    """How tensors are computed: the autocast dtype (None = fp32) and whether losses are scaled."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    use_grad_scaler: bool
+
+    @property
+    def name(self) -> str:
+        """'bf16', 'fp16' or 'fp32'."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """A context that runs matrix products in the reduced dtype (a no-op in fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, active only for fp16 (whose small gradients would underflow to 0)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.use_grad_scaler)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is an error that says what to do."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RLHFError("device='cuda' but PyTorch sees no CUDA GPU. In Colab: Runtime > Change runtime "
+                        "type > T4 GPU. Elsewhere: set RLHF_DEVICE=cpu (slow) or RLHF_PROFILE=cpu.")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else ""
+    if "AMX" in capability:
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(device: torch.device, name: str = "auto", profile: str = "full") -> Precision:
+    """Pick the precision: bf16 on Ampere or newer, fp16 + loss scaling on older GPUs (T4), fp32 on CPU.
+
+    The 'cpu' profile uses bf16 autocast on CPUs with native bf16 (measured faster there).
+    """
+    if name == "auto":
+        if device.type == "cuda":
+            name = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+        else:
+            name = "bf16" if profile == "cpu" and cpu_supports_bf16() else "fp32"
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("precision='fp16' needs a CUDA GPU; on CPU use 'bf16' or 'fp32'.")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
+    return Precision(device=device, dtype=dtype, use_grad_scaler=(name == "fp16"))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and PyTorch (CPU and every GPU); returns a CPU generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def describe_device(device: torch.device, precision: Precision) -> str:
+    """One line naming the device and the precision, for the setup cell."""
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        where = f"CUDA GPU {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    else:
+        where = f"CPU ({torch.get_num_threads()} threads)"
+    return f"device: {where}; precision: {precision.name}" + (" with loss scaling" if precision.use_grad_scaler else "")
+
+
+# -----------------------------------------------------------------------------
+# Data
+
+DATA_EXTENSIONS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _hub_error(what: str, name: str, error: Exception) -> HubUnavailableError:
+    """The one message for anything that had to come from an unreachable hub."""
+    return HubUnavailableError(
+        f"Could not load {what} {name!r} from the Hugging Face hub ({type(error).__name__}). "
+        "Check the internet connection (in Colab: Runtime > Restart), or run offline: "
+        "RLHF_SMOKE=1 for the tiny built-in profile, or point RLHF_MODEL / RLHF_DATASET "
+        "at local copies (a folder saved with save_pretrained; a folder with train/validation files).")
+
+
+def load_sst2(name_or_path: str, require_label: bool = True) -> "datasets.DatasetDict":
+    """SST-2 from the hub (`stanfordnlp/sst2`) or a local folder with train/validation files, checked."""
+    import datasets
+    path = Path(name_or_path)
+    if path.is_dir():
+        data_files, kinds = {}, set()
+        for split in ("train", "validation"):
+            found = sorted(p for p in path.iterdir() if p.stem == split and p.suffix in DATA_EXTENSIONS)
+            if not found:
+                raise DatasetSchemaError(f"{path} has no '{split}' file: expected {split}.jsonl, "
+                                         f"{split}.csv or {split}.parquet beside the other split.")
+            data_files[split] = str(found[0])
+            kinds.add(DATA_EXTENSIONS[found[0].suffix])
+        if len(kinds) > 1:
+            raise DatasetSchemaError(f"{path}: train and validation must have the same format, found {sorted(kinds)}.")
+        dataset = datasets.load_dataset(kinds.pop(), data_files=data_files)
+    elif path.suffix or name_or_path.startswith((".", "/")):
+        raise DatasetSchemaError(f"Dataset folder {name_or_path!r} does not exist. Check RLHF_DATASET, "
+                                 "or run the notebook that builds it first.")
+    else:
+        try:
+            dataset = datasets.load_dataset(name_or_path)
+        except (ConnectionError, OSError, ValueError) as error:
+            if "offline" in str(error).lower() or "couldn't reach" in str(error).lower() or not HUB_ONLINE:
+                raise _hub_error("the dataset", name_or_path, error) from error
+            raise
+    return check_sst2(dataset, require_label=require_label)
+
+
+def check_sst2(dataset: Any, require_label: bool = True) -> Any:
+    """Raise a DatasetSchemaError naming the missing split, missing column or bad label, else return it."""
+    for split in ("train", "validation"):
+        if split not in dataset:
+            raise DatasetSchemaError(f"The dataset has no '{split}' split (it has {list(dataset)}); "
+                                     "SST-2 needs 'train' and 'validation'.")
+        columns = dataset[split].column_names
+        needed = ["sentence"] + (["label"] if require_label else [])
+        for column in needed:
+            if column not in columns:
+                raise DatasetSchemaError(f"The '{split}' split has no '{column}' column (columns: {columns}). "
+                                         "Rename the text column to 'sentence' and the 0/1 column to 'label'.")
+        if len(dataset[split]) == 0:
+            raise DatasetSchemaError(f"The '{split}' split is empty: it needs at least one sentence.")
+        if require_label:
+            labels = set(dataset[split].unique("label"))
+            if not labels <= {0, 1}:
+                raise DatasetSchemaError(f"The '{split}' split has labels {sorted(labels)[:10]}; expected 0 "
+                                         "(negative) and 1 (positive). Map the labels to 0/1 first.")
+    return dataset
+
+
+def tokenize_sentences(sentences: Sequence[str], tokenizer: Any, max_length: int, add_eos: bool = True) -> list[list[int]]:
+    """Token ids of each sentence, cut to `max_length`, with EOS as the last token when `add_eos`."""
+    ids = tokenizer([s.strip() for s in sentences], add_special_tokens=False)["input_ids"]
+    if not add_eos:
+        return [row[:max_length] for row in ids]
+    return [row[: max_length - 1] + [tokenizer.eos_token_id] for row in ids]
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token lists to one length: returns (input_ids, attention_mask), both (B, T)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, row in enumerate(rows):
+        span = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
+        input_ids[i, span] = torch.tensor(row, dtype=torch.long)
+        attention_mask[i, span] = 1
+    return input_ids, attention_mask
+
+
+def lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Labels for the causal-LM loss: the input ids, with -100 (ignored) where attention_mask is 0.
+
+    Masking by attention mask, not by `input_ids == pad_token_id`, keeps the EOS in the loss even
+    though GPT-2's pad token *is* its EOS token: that is how the model learns to stop.
+    """
+    return input_ids.masked_fill(attention_mask == 0, -100)  # (B, T)
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, generator: torch.Generator,
+                           group_factor: int = 50, drop_last: bool = False) -> list[list[int]]:
+    """Shuffled batches of indices whose lengths are close, so short sentences are not padded to long ones.
+
+    Indices are shuffled, cut into groups of `group_factor` batches, sorted by length inside each group,
+    split into batches, and the batches are shuffled again: random order, little padding.
+    """
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    group = batch_size * group_factor
+    batches = []
+    for start in range(0, len(order), group):
+        chunk = sorted(order[start:start + group], key=lambda i: lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    if drop_last:
+        batches = [b for b in batches if len(b) == batch_size]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
+
+
+def make_prompts(sentences: Sequence[str], tokenizer: Any, min_tokens: int = 2, max_tokens: int = 8,
+                 seed: int = 0) -> list[list[int]]:
+    """PPO prompts: each sentence cut to its first k tokens, k drawn uniformly from [min_tokens, max_tokens].
+
+    Sentences shorter than min_tokens + 1 tokens are skipped (they would leave nothing to continue).
+    """
+    rng = random.Random(seed)
+    prompts = []
+    for ids in tokenize_sentences(sentences, tokenizer, max_length=10_000, add_eos=False):
+        if len(ids) < min_tokens + 1:
+            continue
+        k = rng.randint(min_tokens, max_tokens)
+        prompts.append(ids[: min(k, len(ids) - 1)])
+    return prompts
+
+
+def make_preference_pairs(labels: Sequence[int], seed: int = 0) -> list[tuple[int, int]]:
+    """Pairs (chosen, rejected) of indices: a positive sentence preferred over a negative one, each used once."""
+    rng = random.Random(seed)
+    positives = [i for i, y in enumerate(labels) if y == 1]
+    negatives = [i for i, y in enumerate(labels) if y == 0]
+    rng.shuffle(positives)
+    rng.shuffle(negatives)
+    return list(zip(positives, negatives))
+
+
+# -----------------------------------------------------------------------------
+# Models
+
+def _load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """Call a `from_pretrained` loader, turning hub failures and half-written folders into clear errors."""
+    import transformers
+    transformers.logging.set_verbosity_error()  # no per-file progress bars or config chatter in the notebooks
+    transformers.logging.disable_progress_bar()
+    path = Path(name_or_path)
+    if path.is_dir():
+        verify_checkpoint(path)
+    elif name_or_path.startswith((".", "/")) or os.sep in name_or_path.rstrip(os.sep).split(os.sep, 1)[0] or path.suffix:
+        raise CheckpointError(f"{what} folder {name_or_path!r} does not exist.")
+    try:
+        return loader(name_or_path, **kwargs)
+    except OSError as error:
+        if not path.is_dir() and ("connect" in str(error).lower() or "offline" in str(error).lower() or not HUB_ONLINE):
+            raise _hub_error(what, name_or_path, error) from error
+        raise
+
+
+def load_tokenizer(name_or_path: str, padding_side: str = "right") -> Any:
+    """The tokenizer, with a pad token (GPT-2 has none: EOS doubles as pad) and the given padding side."""
+    from transformers import AutoTokenizer
+    tokenizer = _load_pretrained(AutoTokenizer.from_pretrained, name_or_path, "the tokenizer")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def load_causal_lm(name_or_path: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> nn.Module:
+    """A causal language model (GPT-2 and friends) in fp32 unless `dtype` says otherwise, on `device`."""
+    from transformers import AutoModelForCausalLM
+    model = _load_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, "the model",
+                             dtype=dtype or torch.float32)
+    return model.to(device)
+
+
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """A short hash of the tokenizer's vocabulary: equal fingerprints mean the same token ids."""
+    items = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so left padding does not shift positions.
+
+    A left-padded row [pad, pad, a, b] gets positions [0, 0, 0, 1]: `a` sits at position 0 as it
+    would alone. `generate` does the same; a forward pass without these would see `a` at 2.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of the mask (right or left padding alike), (B,)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)  # (B,)
+
+
+class ScalarHead(nn.Module):
+    """A linear map from a hidden state to one scalar: h (..., H) -> (...)."""
+
+    def __init__(self, hidden_size: int, init_std: float | None = None):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        # std 1/sqrt(H + 1) keeps the initial outputs ~N(0, 1) [Ziegler19]; 0 starts a value head at V = 0.
+        std = 1 / math.sqrt(hidden_size + 1) if init_std is None else init_std
+        nn.init.normal_(self.linear.weight, std=std) if std > 0 else nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (...)"""
+        return self.linear(hidden).squeeze(-1)
+
+
+class ScalarHeadModel(nn.Module):
+    """A GPT-2 trunk with a scalar head: one scalar per position, (B, T).
+
+    Read at the last real token it is the reward model's score r(x); read at every response position
+    it is a value function V(s_t).
+    """
+
+    def __init__(self, trunk: nn.Module, init_std: float | None = None):
+        super().__init__()
+        self.trunk = trunk
+        self.head = ScalarHead(trunk.config.hidden_size, init_std)
+
+    @property
+    def config(self) -> Any:
+        """The trunk's transformers config."""
+        return self.trunk.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scalars for every position, (B, T); position ids follow the mask, so padding side does not matter."""
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=positions_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
+        return self.head(hidden).float()  # (B, T)
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The reward: the scalar at each row's last real token, (B,)."""
+        values = self(input_ids, attention_mask)  # (B, T)
+        return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
+
+
+class PolicyWithValueHead(nn.Module):
+    """The PPO policy: a causal LM plus a scalar value head on its last hidden state (shared trunk)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ScalarHead(lm.config.hidden_size, init_std=0.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and values (B, T) in one pass."""
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=positions_from_mask(attention_mask), output_hidden_states=True)
+        return out.logits, self.value_head(out.hidden_states[-1]).float()
+
+
+def build_reward_model(trunk_name_or_path: str, device: torch.device | str = "cpu") -> ScalarHeadModel:
+    """A reward model to train: a pretrained trunk (no LM head) and a freshly initialised scalar head."""
+    from transformers import AutoModel
+    trunk = _load_pretrained(AutoModel.from_pretrained, trunk_name_or_path, "the model", dtype=torch.float32)
+    return ScalarHeadModel(trunk).to(device)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample one token per row from softmax(logits / temperature), optionally among the top_k: (B, V) -> (B,)."""
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+@torch.no_grad()
+def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
+             eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int = 0,
+             generator: torch.Generator | None = None, precision: Precision | None = None,
+             stop_check_every: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample continuations of left-padded prompts with the KV cache: returns (responses, response_mask), (B, R).
+
+    The prompt is read once; after that each step feeds only the newest token and reuses the cached
+    keys and values of everything before it. A row that has produced EOS keeps EOS as its last real
+    token; later positions hold pad_token_id and 0 in the mask. R <= max_new_tokens: the loop stops
+    once every row has finished (checked every `stop_check_every` steps to limit GPU syncs).
+    """
+    autocast = precision.autocast() if precision else contextlib.nullcontext()
+    batch = prompt_ids.shape[0]
+    attention_mask = prompt_mask.long()
+    with autocast:
+        out = lm(input_ids=prompt_ids, attention_mask=attention_mask,
+                 position_ids=positions_from_mask(attention_mask), use_cache=True)
+    past, next_logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
+    finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
+    tokens, masks = [], []
+    for step in range(max_new_tokens):
+        token = sample_next_token(next_logits, temperature, top_k, generator)  # (B,)
+        token = token.masked_fill(finished, pad_token_id)
+        masks.append(~finished)
+        tokens.append(token)
+        finished = finished | (token == eos_token_id)
+        if step + 1 == max_new_tokens or ((step + 1) % stop_check_every == 0 and bool(finished.all())):
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        with autocast:
+            out = lm(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
+                     past_key_values=past, use_cache=True)
+        past, next_logits = out.past_key_values, out.logits[:, -1]
+        next_position = next_position + 1
+    responses = torch.stack(tokens, dim=1)  # (B, R)
+    response_mask = torch.stack(masks, dim=1).long()  # (B, R)
+    return responses, response_mask
+
+
+def decode_responses(tokenizer: Any, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Text of each response (masked tokens only, EOS dropped)."""
+    texts = []
+    for row, mask in zip(responses.tolist(), response_mask.tolist()):
+        ids = [t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(ids))
+    return texts
+
+
+def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Whether each response's last real token is EOS, (B,) bool."""
+    last = responses.gather(1, last_real_index(response_mask)[:, None]).squeeze(1)  # (B,)
+    return (last == eos_token_id) & (response_mask.sum(1) > 0)
+
+
+# -----------------------------------------------------------------------------
+# PPO math. Tensors are (B, T); `mask` is 1 on response tokens.
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[labels] per token: (B, T, V), (B, T) -> (B, T), computed in fp32."""
+    logits = logits.float()
+    # log p(y) = logit_y - log sum_v exp(logit_v), without materialising the whole log-softmax
+    return logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per token: (B, T, V) -> (B, T)."""
+    logits = logits.float()
+    # H = log Z - sum_v p_v * logit_v
+    return torch.logsumexp(logits, dim=-1) - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1 (0 where the mask is empty)."""
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Population variance of x over the masked positions (0 for a single element, not NaN)."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; keeps the mean when shift_mean=False; 0 outside the mask."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
+
+
+def compute_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                    mask: torch.Tensor, kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: -kl_coef * KL on every response token, plus the score on the last one [Ziegler19 eq. 2].
+
+    scores (B,); the rest (B, T). Returns (rewards, kl), both (B, T) and 0 outside the mask.
+    """
+    mask = mask.to(logprobs.dtype)
+    # KL_t = log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t), a one-sample estimate of the KL
+    kl = (logprobs - ref_logprobs) * mask  # (B, T)
+    rewards = -kl_coef * kl  # (B, T)
+    has_tokens = mask.sum(1) > 0  # (B,)
+    last = last_real_index(mask)  # (B,)
+    rewards = rewards.scatter_add(1, last[:, None], (scores * has_tokens).to(rewards.dtype)[:, None])
+    return rewards, kl
+
+
+def compute_gae(values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor,
+                gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Advantages and returns by generalised advantage estimation [Schulman16 eq. 16]: (B, T) each.
+
+    Backwards over the masked tokens of each row:
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+    where t+1 is the row's next masked token, and V = A = 0 after its last one (the episode ended).
+    returns = advantages + values (before any whitening); both are 0 outside the mask.
+    """
+    mask = mask.to(values.dtype)
+    batch, length = values.shape
+    advantages = torch.zeros_like(values)
+    next_value = values.new_zeros(batch)  # V of the next masked token; 0 past the end
+    next_advantage = values.new_zeros(batch)
+    for t in reversed(range(length)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        m = mask[:, t]
+        advantages[:, t] = advantage * m
+        next_value = m * values[:, t] + (1 - m) * next_value  # skip over unmasked positions
+        next_advantage = m * advantage + (1 - m) * next_advantage
+    returns = (advantages + values) * mask
+    return advantages, returns
+
+
+def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                    mask: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped surrogate loss [Schulman17 eq. 7], as a masked mean over tokens, and its statistics."""
+    log_ratio = logprobs - old_logprobs
+    # r_t(theta) = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
+    ratio = torch.exp(log_ratio)
+    # L = max(-A r, -A clip(r, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            # k3 estimator of KL(pi_old || pi_theta): (r - 1) - log r >= 0
+            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                   mask: torch.Tensor, clip_range_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped value loss, 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
+    unclipped = (values - returns) ** 2
+    clipped = (values_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
+    return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(R - V) / Var(R) over masked tokens: 1 = perfect values, 0 = no better than a constant."""
+    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+
+
+class AdaptiveKLController:
+    """beta that moves towards a target KL [Ziegler19 sec. 2.2]: beta *= 1 + clip(KL/target - 1, +-0.2) * n/horizon."""
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: int):
+        self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Raise beta when the KL is above target, lower it when below, by at most 20% per horizon."""
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+    def state_dict(self) -> dict[str, float]:
+        """The coefficient, for checkpoints."""
+        return {"value": self.value}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        """Restore the coefficient from a checkpoint."""
+        self.value = float(state["value"])
+
+
+class FixedKLController(AdaptiveKLController):
+    """A beta that never changes, with the same interface as AdaptiveKLController."""
+
+    def __init__(self, kl_coef: float):
+        super().__init__(kl_coef, target=1.0, horizon=1)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """Keep beta as it is."""
+
+
+def bce_reward_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the reward as the logit: -[y log sigmoid(r) + (1 - y) log sigmoid(-r)], mean."""
+    return F.binary_cross_entropy_with_logits(rewards, labels.to(rewards.dtype))
+
+
+def pairwise_reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry loss [Ouyang22 eq. 1]: mean of -log sigmoid(r_chosen - r_rejected)."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+
+
+# -----------------------------------------------------------------------------
+# Training helpers
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warmup from 0, then cosine, linear or no decay."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(progress, 1.0)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+    return multiplier
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorm gains); the fused kernel on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=fused or None)
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   parameters: Sequence[torch.Tensor] | Iterator[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
+    """Backward, unscale (fp16), clip the global gradient norm, step, zero the gradients; returns the norm."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
+    scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def check_finite(what: str, step: int, **values: float) -> None:
+    """Raise TrainingDivergedError naming the quantity and the step when a value is NaN or infinite."""
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise TrainingDivergedError(
+                f"{what}: {name} became {value} at iteration/step {step}. Training stopped; the last good "
+                "checkpoint is untouched. Lower the learning rate, or try precision='fp32'.")
+
+
+class History:
+    """Namespaced scalars over steps (e.g. 'env/reward_mean'), one row per logged step."""
+
+    def __init__(self, rows: list[dict[str, float]] | None = None):
+        self.rows: list[dict[str, float]] = rows or []
+
+    def log(self, step: int, **scalars: float) -> None:
+        """Record scalars for a step; keys are 'namespace/name' (pass as log(step, **{'a/b': 1.0}))."""
+        self.rows.append({"step": step, **{k: float(v) for k, v in scalars.items()}})
+
+    def series(self, key: str) -> tuple[list[float], list[float]]:
+        """(steps, values) of one key, skipping rows that lack it."""
+        pairs = [(r["step"], r[key]) for r in self.rows if key in r]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def last(self, key: str) -> float:
+        """The latest value of a key."""
+        return self.series(key)[1][-1]
+
+    def to_frame(self) -> "pd.DataFrame":
+        """All rows as a DataFrame indexed by step."""
+        import pandas as pd
+        return pd.DataFrame(self.rows).set_index("step")
+
+
+def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar that renders in Jupyter, Colab and a terminal alike."""
+    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+
+
+def sample_table(prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float] | None = None,
+                 **columns: Sequence[Any]) -> "pd.DataFrame":
+    """Prompts and responses (and scores, and any other columns) as a DataFrame."""
+    import pandas as pd
+    table = {"prompt": list(prompts), "response": list(responses)}
+    if scores is not None:
+        table["score"] = [round(float(s), 3) for s in scores]
+    table.update({k: list(v) for k, v in columns.items()})
+    return pd.DataFrame(table)
+
+
+def show_source(obj: Any) -> None:
+    """Display the source code of a function or class (used where a notebook teaches it)."""
+    source = inspect.getsource(obj)
+    try:
+        from IPython.display import Markdown, display
+        display(Markdown(f"```python\n{source}```"))
+    except ImportError:
+        print(source)
+
+
+# -----------------------------------------------------------------------------
+# Plots
+
+def plot_history(history: History, keys: Sequence[str], title: str = "", ncols: int = 3,
+                 smooth: int = 1) -> "plt.Figure":
+    """One small plot per key, against steps; `smooth` > 1 adds a moving average."""
+    import matplotlib.pyplot as plt
+    keys = [k for k in keys if history.series(k)[0]]
+    nrows = max(1, math.ceil(len(keys) / ncols))
+    fig, axes = plt.subplots(nrows, min(ncols, max(1, len(keys))), figsize=(4.2 * min(ncols, max(1, len(keys))), 3.0 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys):
+        steps, values = history.series(key)
+        ax.plot(steps, values, lw=1, alpha=0.5 if smooth > 1 else 1.0)
+        if smooth > 1 and len(values) >= smooth:
+            kernel = np.ones(smooth) / smooth
+            ax.plot(steps[smooth - 1:], np.convolve(values, kernel, mode="valid"), lw=2)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints. A checkpoint is a folder with a manifest (checkpoint.json) listing every file's size
+# and SHA-256. It is written under a temporary name and renamed into place, so the folder at the
+# final path is either the old complete checkpoint or the new complete one, never half of one.
+
+MANIFEST = "checkpoint.json"
+
+
+def _sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder to write into; on success add the manifest and rename it to `final_dir`.
+
+    If the block raises, the temporary folder is removed and `final_dir` is left as it was.
+    """
+    final_dir = Path(final_dir)
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(str(final_dir) + f".tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as error:
+        raise CheckpointError(f"Cannot write to {final_dir.parent} ({error.strerror}). Choose a writable "
+                              "folder with RLHF_OUTPUT_DIR.") from error
+    try:
+        yield tmp
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {"format": 1, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "meta": dict(meta or {}), "files": files}
+        with open(tmp / MANIFEST, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        old = Path(str(final_dir) + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final_dir.exists():
+            final_dir.rename(old)  # the previous checkpoint stays complete until the new one is in place
+        tmp.rename(final_dir)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def verify_checkpoint(folder: str | Path, deep: bool = True) -> dict[str, Any]:
+    """Check a checkpoint folder against its manifest; returns the manifest's meta or raises CheckpointError.
+
+    Folders without a manifest (e.g. one saved by `save_pretrained` elsewhere) are accepted as they are.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"No checkpoint at {folder}.")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        if Path(str(folder) + ".old").exists() or any(folder.parent.glob(folder.name + ".tmp-*")):
+            raise CheckpointError(f"{folder} has no manifest and an interrupted save lies beside it: it may be "
+                                  "half-written. Run the notebook that writes it again.")
+        return {}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{manifest_path} cannot be read ({error}); the checkpoint is damaged. "
+                              "Run the notebook that writes it again.") from error
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.exists() or path.stat().st_size != expected["bytes"] or (deep and _sha256(path) != expected["sha256"]):
+            raise CheckpointError(f"{path} is missing or does not match its manifest: the checkpoint is "
+                                  "corrupt or was changed after saving. Run the notebook that writes it again.")
+    return manifest.get("meta", {})
+
+
+def save_causal_lm(lm: nn.Module, tokenizer: Any, folder: str | Path, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save a causal LM and its tokenizer as safetensors, atomically."""
+    meta = {"kind": "causal_lm", "vocabulary": vocabulary_fingerprint(tokenizer), **(meta or {})}
+    with atomic_directory(folder, meta) as tmp:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)
+
+
+REWARD_MODEL_LAYOUT = 1
+REWARD_CONFIG = "reward_config.json"
+
+
+def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path,
+                      reward_mean: float, reward_std: float, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save the reward model atomically: trunk + head weights (safetensors), its config, the tokenizer, and normalisation."""
+    from safetensors.torch import save_file
+    info = {"layout": REWARD_MODEL_LAYOUT, "head": "linear(hidden_size -> 1) on the last real token",
+            "reward_mean": float(reward_mean), "reward_std": float(reward_std),
+            "vocabulary": vocabulary_fingerprint(tokenizer), **(meta or {})}
+    with atomic_directory(folder, {"kind": "reward_model", **info}) as tmp:
+        model.trunk.config.save_pretrained(tmp)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / REWARD_CONFIG).write_text(json.dumps(info, indent=1))
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)
+
+
+def load_reward_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[ScalarHeadModel, Any, dict[str, Any]]:
+    """Load a reward model saved by `save_reward_model`: (model in eval mode, tokenizer, info with normalisation)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModel
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"No reward model at {folder}. Run 2-RM Training.ipynb first (it saves there), "
+                              "or set RLHF_REWARD_MODEL_DIR to the folder that holds one.")
+    verify_checkpoint(folder)
+    info_path = folder / REWARD_CONFIG
+    if not info_path.exists():
+        raise CheckpointError(f"{folder} has no {REWARD_CONFIG}: it is not a reward model saved by this series "
+                              "(or is from an older layout). Re-run 2-RM Training.ipynb to save it again.")
+    info = json.loads(info_path.read_text())
+    if info.get("layout") != REWARD_MODEL_LAYOUT:
+        raise CheckpointError(f"{folder} uses reward-model layout {info.get('layout')}, this code reads layout "
+                              f"{REWARD_MODEL_LAYOUT}. Re-run 2-RM Training.ipynb to save it in the current layout.")
+    trunk = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    model = ScalarHeadModel(trunk)
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{folder}/model.safetensors does not fit the model: missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]}. Re-run 2-RM Training.ipynb.")
+    tokenizer = load_tokenizer(str(folder), padding_side="right")
+    return model.to(device).eval(), tokenizer, info
+
+
+def check_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:
+    """Refuse a reward model whose token ids mean other tokens than the policy's."""
+    a, b = vocabulary_fingerprint(policy_tokenizer), vocabulary_fingerprint(reward_tokenizer)
+    if a != b:
+        raise CheckpointError(
+            f"The reward model's vocabulary ({b}, {len(reward_tokenizer)} tokens) differs from the policy's "
+            f"({a}, {len(policy_tokenizer)} tokens): it would read the policy's token ids as other words. "
+            "Train both notebooks with the same model family and profile.")
+
+
+def push_folder_to_hub(folder: str | Path, repo_id: str) -> str:
+    """Upload a saved folder to the hub; the token comes from HF_TOKEN or Colab's secrets, never printed."""
+    from huggingface_hub import HfApi
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    return f"https://huggingface.co/{repo_id}"
+
+
+# -----------------------------------------------------------------------------
+# Profiles: the offline assets of the 'smoke' and 'cpu' profiles, built by this code and then loaded
+# through the same `load_sst2` / `from_pretrained` calls the full profile uses on the hub.
+
+# Smoke data: a template grammar of SST-2-style movie-review sentences. Each template is filled in
+# for a chosen label, so every label is right by construction; about 10% of sentences turn on a
+# final 'but' clause and 10% on a negation, so sentiment is not a one-word lookup.
+
+
+POSITIVE_ADJECTIVES = [
+    "funny", "charming", "moving", "smart", "beautiful", "gripping", "witty",
+    "touching", "fresh", "clever", "engaging", "delightful", "powerful",
+    "thoughtful", "entertaining", "warm", "brilliant", "memorable",
+    "inventive", "heartfelt", "stunning", "compelling", "lively", "sharp",
+    "tender", "rich", "honest", "elegant", "satisfying", "graceful",
+    "original", "wonderful", "enjoyable", "absorbing", "affecting", "assured",
+    "vibrant", "haunting", "hilarious", "intelligent", "poignant",
+    "exhilarating", "gorgeous", "sweet", "irresistible", "well-crafted",
+]
+
+NEGATIVE_ADJECTIVES = [
+    "dull", "boring", "tedious", "flat", "clumsy", "lifeless", "predictable",
+    "shallow", "bland", "pointless", "tiresome", "sloppy", "forced", "stale",
+    "muddled", "lazy", "awkward", "hollow", "overlong", "silly", "mediocre",
+    "pretentious", "incoherent", "joyless", "contrived", "sluggish", "dreary",
+    "listless", "formulaic", "unfunny", "annoying", "painful", "messy",
+    "trite", "bloated", "wooden", "limp", "labored", "lame", "uninspired",
+    "forgettable", "ponderous", "heavy-handed", "witless", "mind-numbing",
+]
+
+# Degree words shared by both labels (they carry no sentiment on their own).
+INTENSIFIERS = [
+    "very", "truly", "rather", "quite", "remarkably", "genuinely", "utterly",
+    "deeply", "thoroughly", "surprisingly", "consistently", "often", "so",
+    "oddly", "almost", "fairly", "really",
+]
+
+# Adverbs placed before a verb phrase ("the film simply drags").
+VERB_ADVERBS = ["simply", "mostly", "ultimately", "finally", "somehow", "largely", "often"]
+
+# Neutral openers, followed by " , ".
+OPENERS = [
+    "in the end", "frankly", "at times", "for the most part", "on the whole",
+    "all in all", "by the end", "as a whole", "in its own way", "for better or worse",
+]
+
+# Whole works, all grammatically singular.
+FILM_SUBJECTS = [
+    "the film", "this film", "the movie", "this movie", "the picture",
+    "the director 's latest", "the director 's new film", "this comedy",
+    "this drama", "the thriller", "this documentary", "the sequel",
+    "the remake", "this romantic comedy", "the animated feature",
+    "this period piece", "the adaptation", "the debut feature",
+    "this horror movie", "the musical", "this road movie", "the war film",
+]
+
+# What a story can be "about", used in "this tale of ...".
+TOPICS = [
+    "first love", "two brothers", "a small town", "growing up",
+    "a failed marriage", "a lonely detective", "an aging boxer",
+    "a family in crisis", "life on the road", "friendship and loss",
+    "war and memory", "a young musician", "a stolen painting",
+    "an unlikely romance", "three sisters", "a summer in paris",
+]
+
+STORY_WORDS = ["tale", "story", "portrait", "study", "drama"]
+
+# Parts of a film: (phrase after "the", is_plural).
+SINGULAR_ASPECTS = [
+    "script", "screenplay", "story", "plot", "dialogue", "pacing",
+    "soundtrack", "score", "cinematography", "direction", "editing", "ending",
+    "climax", "humor", "acting", "lead performance", "camera work", "premise",
+    "cast", "writing", "production design", "final act",
+]
+PLURAL_ASPECTS = [
+    "performances", "characters", "jokes", "visuals", "action sequences",
+    "set pieces", "songs", "supporting players", "special effects",
+    "battle scenes", "costumes", "flashbacks",
+]
+# Countable singular parts: need "a"/"an" in "with a wonderful cast".
+COUNT_ASPECTS = {
+    "script", "screenplay", "story", "plot", "soundtrack", "score", "ending",
+    "climax", "lead performance", "premise", "cast", "final act",
+}
+# Parts that only make sense with a possessive or "its" in front.
+EXTRA_PART_SUBJECTS = ["its second half", "its first hour", "its final stretch", "its opening scene"]
+
+PEOPLE = [
+    "the director", "the lead actress", "the young star", "the veteran actor",
+    "the screenwriter", "the newcomer", "the ensemble", "the whole cast",
+    "parker", "moreno", "kline", "hartley", "davis", "okafor",
+]
+
+ROLES = [
+    "the grieving mother", "the villain", "a small-town cop", "the troubled son",
+    "the hero", "an aging rock star", "the reluctant king", "a weary soldier",
+    "the new teacher", "the best friend",
+]
+
+# Kinds of film, singular and plural.
+FILM_NOUNS = [
+    "film", "movie", "comedy", "drama", "thriller", "picture", "story",
+    "debut", "tale", "romance", "adventure", "documentary", "effort",
+    "entertainment", "experience",
+]
+FILM_NOUNS_PLURAL = ["films", "movies", "comedies", "dramas", "pictures", "thrillers"]
+
+# Nouns that judge the whole film.
+POSITIVE_VERDICTS = [
+    "triumph", "delight", "gem", "treat", "pleasure", "marvel", "joy",
+    "revelation", "winner", "masterpiece", "crowd-pleaser", "knockout",
+]
+NEGATIVE_VERDICTS = [
+    "mess", "bore", "disaster", "chore", "misfire", "letdown", "dud", "slog",
+    "embarrassment", "failure", "muddle", "waste of time",
+]
+
+# What a film can be full of / a triumph of / lacking.
+POSITIVE_QUALITIES = [
+    "style", "wit", "imagination", "craft", "heart", "intelligence", "charm",
+    "grace", "invention", "feeling", "energy", "warmth", "humor and heart",
+    "style and substance",
+]
+NEGATIVE_QUALITIES = [
+    "cliches", "bad ideas", "half-baked ideas", "missed opportunities",
+    "tired jokes", "stock characters", "empty gestures", "false notes",
+    "dead air", "recycled gags",
+]
+
+# Complete predicates for a singular subject.
+POSITIVE_VERB_PHRASES = [
+    "works beautifully", "delights from start to finish", "charms the audience",
+    "soars", "hits all the right notes", "earns its tears", "sparkles with wit",
+    "grabs you from the first scene", "keeps you guessing", "rewards the viewer",
+    "shines", "succeeds on every level", "moves at a brisk pace",
+    "lingers in the mind", "makes you laugh out loud", "wins you over",
+]
+NEGATIVE_VERB_PHRASES = [
+    "drags", "falls flat", "goes nowhere", "runs out of steam",
+    "wears out its welcome", "plods along", "collapses under its own weight",
+    "misses the mark", "feels like a chore", "bores the audience",
+    "stumbles badly", "sags in the middle", "loses its way",
+    "sinks into melodrama", "makes you check your watch",
+]
+
+# Base forms used with "does n't ..." and "never ...".
+POSITIVE_BASE_VERBS = ["work", "succeed", "deliver", "charm", "satisfy", "add up", "come together", "take off"]
+NEGATIVE_BASE_VERBS = ["drag", "disappoint", "bore", "fall apart", "lose its way", "run out of steam", "overstay its welcome"]
+
+COMPARISON_TARGETS = [
+    "its predecessor", "the original", "most studio comedies",
+    "anything else this year", "the book", "the director 's previous film",
+    "you might expect", "the trailer suggests", "most films of its kind",
+]
+
+POSITIVE_SUPERLATIVES = [
+    "best", "finest", "funniest", "smartest", "most moving", "most enjoyable",
+    "most original", "most satisfying",
+]
+NEGATIVE_SUPERLATIVES = [
+    "worst", "dullest", "weakest", "most tedious", "most forgettable",
+    "most pointless", "clumsiest",
+]
+TIME_SPANS = ["of the year", "in years", "of the decade", "this season", "in recent memory"]
+
+POSITIVE_RECOMMENDATIONS = ["see it", "do n't miss it", "a must-see", "worth every minute"]
+NEGATIVE_RECOMMENDATIONS = ["skip it", "avoid it", "wait for the video", "not worth the ticket"]
+
+# Words that soften the last clause of "x but ultimately y".
+TURN_ADVERBS = ["ultimately", "finally", "still", "in the end", "somehow"]
+
+# "an" before these even though the rule of thumb says "a", and vice versa.
+AN_WORDS = {"honest", "hour"}
+A_WORDS = {"unique", "one", "useful"}
+
+# Smoke data: small helpers
+
+
+def _article(word: str) -> str:
+    """Return "a" or "an" for the word that follows."""
+    first = word.split()[0]
+    if first in AN_WORDS:
+        return "an"
+    if first in A_WORDS:
+        return "a"
+    return "an" if first[0] in "aeiou" else "a"
+
+
+def _with_article(phrase: str) -> str:
+    """Prefix a noun phrase with the right indefinite article."""
+    return f"{_article(phrase)} {phrase}"
+
+
+def _adjectives(positive: bool) -> list[str]:
+    """Adjective list for a sentiment."""
+    return POSITIVE_ADJECTIVES if positive else NEGATIVE_ADJECTIVES
+
+
+def _adj(rng: random.Random, positive: bool) -> str:
+    """One adjective of the given sentiment."""
+    return rng.choice(_adjectives(positive))
+
+
+def _adj_phrase(rng: random.Random, positive: bool, allow_pair: bool = True) -> str:
+    """An adjective phrase: "dull", "very dull", "dull and lifeless"."""
+    first = _adj(rng, positive)
+    if rng.random() < 0.35:
+        first = f"{rng.choice(INTENSIFIERS)} {first}"
+    if allow_pair and rng.random() < 0.25:
+        second = _adj(rng, positive)
+        if second != first.split()[-1]:
+            glue = rng.choice([" and ", " and ", " , even ", " and even "])
+            return f"{first}{glue}{second}"
+    return first
+
+
+def _be(plural: bool) -> str:
+    """Present-tense copula."""
+    return "are" if plural else "is"
+
+
+def _third_person(base: str) -> str:
+    """Turn a base verb phrase into third-person singular ("add up" -> "adds up")."""
+    verb, _, rest = base.partition(" ")
+    if verb.endswith("y") and verb[-2] not in "aeiou":
+        verb = verb[:-1] + "ies"
+    elif verb.endswith(("s", "sh", "ch", "x")):
+        verb += "es"
+    else:
+        verb += "s"
+    return f"{verb} {rest}".strip()
+
+
+def _film_subject(rng: random.Random) -> str:
+    """A singular subject naming the whole film."""
+    if rng.random() < 0.15:
+        return f"this {rng.choice(STORY_WORDS)} of {rng.choice(TOPICS)}"
+    return rng.choice(FILM_SUBJECTS)
+
+
+def _part_subject(rng: random.Random) -> tuple[str, bool]:
+    """A subject naming part of a film, with its grammatical number."""
+    roll = rng.random()
+    if roll < 0.12:
+        return rng.choice(EXTRA_PART_SUBJECTS), False
+    plural = roll < 0.45
+    noun = rng.choice(PLURAL_ASPECTS if plural else SINGULAR_ASPECTS)
+    owner = rng.choice(["the", "the", "its", "the film 's", "the movie 's"])
+    return f"{owner} {noun}", plural
+
+
+def _aspect_items(rng: random.Random, positive: bool, intensify: bool = False) -> str:
+    """One or two adjective + aspect phrases: "sharp dialogue and a tender score"."""
+    count = 2 if rng.random() < 0.5 else 1
+    items = []
+    for i, noun in enumerate(rng.sample(SINGULAR_ASPECTS + PLURAL_ASPECTS, count)):
+        adjective = _adj_phrase(rng, positive, allow_pair=False) if intensify and i == 0 else _adj(rng, positive)
+        phrase = f"{adjective} {noun}"
+        items.append(_with_article(phrase) if noun in COUNT_ASPECTS else phrase)
+    return " and ".join(items)
+
+
+def _with_tail(rng: random.Random, positive: bool) -> str:
+    """Optional " , with witty dialogue and warm performances" extension."""
+    if rng.random() >= 0.35:
+        return ""
+    return f" , with {_aspect_items(rng, positive)}"
+
+
+def _opener(rng: random.Random) -> str:
+    """Optional neutral opener such as "in the end , "."""
+    return f"{rng.choice(OPENERS)} , " if rng.random() < 0.2 else ""
+
+
+def _end(rng: random.Random) -> str:
+    """Sentence-final punctuation: mostly " .", rarely " !", sometimes none (fragments)."""
+    roll = rng.random()
+    if roll < 0.8:
+        return " ."
+    return " !" if roll < 0.84 else ""
+
+
+def _verdict(rng: random.Random, positive: bool) -> str:
+    """A verdict noun phrase with article: "a triumph of style", "a dull , lifeless mess"."""
+    noun = rng.choice(POSITIVE_VERDICTS if positive else NEGATIVE_VERDICTS)
+    roll = rng.random()
+    if roll < 0.35:
+        quality = rng.choice(POSITIVE_QUALITIES if positive else NEGATIVE_QUALITIES)
+        return f"{_with_article(noun)} of {quality}"
+    if roll < 0.6:
+        return _with_article(f"{_adj(rng, positive)} , {_adj(rng, positive)} {noun}")
+    if roll < 0.8:
+        return _with_article(f"{_adj(rng, positive)} {noun}")
+    return _with_article(noun)
+
+
+def _clause(rng: random.Random, positive: bool) -> str:
+    """A short full clause of one sentiment (used inside mixed sentences)."""
+    roll = rng.random()
+    if roll < 0.45:
+        subject, plural = _part_subject(rng)
+        return f"{subject} {_be(plural)} {_adj_phrase(rng, positive, allow_pair=False)}"
+    if roll < 0.75:
+        return f"{_film_subject(rng)} is {_adj_phrase(rng, positive, allow_pair=False)}"
+    phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+    return f"{_film_subject(rng)} {rng.choice(phrases)}"
+
+
+# Smoke data: templates: each takes (rng, positive) and returns a sentence of that label
+
+
+def _t_copula(rng: random.Random, positive: bool) -> str:
+    """"the film is truly charming ." and "the film is full of wit ."."""
+    subject = _film_subject(rng)
+    if rng.random() < 0.15:
+        quality = rng.choice(POSITIVE_QUALITIES if positive else NEGATIVE_QUALITIES)
+        return f"{_opener(rng)}{subject} is full of {quality}{_end(rng)}"
+    body = _adj_phrase(rng, positive)
+    if rng.random() < 0.2:
+        phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+        body += f" and {rng.choice(phrases)}"
+    return f"{_opener(rng)}{subject} is {body}{_with_tail(rng, positive)}{_end(rng)}"
+
+
+def _t_verb(rng: random.Random, positive: bool) -> str:
+    """"the movie simply drags ." and "the film lacks wit and heart ."."""
+    subject = _film_subject(rng)
+    if not positive and rng.random() < 0.15:
+        return f"{_opener(rng)}{subject} lacks {rng.choice(POSITIVE_QUALITIES)}{_end(rng)}"
+    adverb = f"{rng.choice(VERB_ADVERBS)} " if rng.random() < 0.3 else ""
+    phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+    return f"{_opener(rng)}{subject} {adverb}{rng.choice(phrases)}{_with_tail(rng, positive)}{_end(rng)}"
+
+
+def _t_fragment(rng: random.Random, positive: bool) -> str:
+    """Noun-phrase fragments: "a triumph of style", "a charming comedy that soars"."""
+    roll = rng.random()
+    if roll < 0.5:
+        return _verdict(rng, positive)
+    noun_phrase = _with_article(f"{_adj_phrase(rng, positive, allow_pair=False)} {rng.choice(FILM_NOUNS)}")
+    if roll < 0.8:
+        phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+        return f"{noun_phrase} that {rng.choice(phrases)}"
+    return f"{noun_phrase} about {rng.choice(TOPICS)}"
+
+
+def _t_its(rng: random.Random, positive: bool) -> str:
+    """"it 's very funny ." / "it 's a mess ." / "it 's the kind of film that drags ."."""
+    roll = rng.random()
+    if roll < 0.4:
+        body = _adj_phrase(rng, positive)
+    elif roll < 0.75:
+        body = _verdict(rng, positive)
+    else:
+        phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+        body = f"the kind of {rng.choice(FILM_NOUNS)} that {rng.choice(phrases)}"
+    return f"{_opener(rng)}it 's {body}{_end(rng)}"
+
+
+def _t_aspect(rng: random.Random, positive: bool) -> str:
+    """"the performances are wonderful ." / "its second half is tedious"."""
+    subject, plural = _part_subject(rng)
+    return f"{_opener(rng)}{subject} {_be(plural)} {_adj_phrase(rng, positive)}{_end(rng)}"
+
+
+def _t_performer(rng: random.Random, positive: bool) -> str:
+    """"parker gives a touching performance" / "the newcomer is wooden as the villain"."""
+    person = rng.choice(PEOPLE)
+    roll = rng.random()
+    if roll < 0.45:
+        adjective = _adj_phrase(rng, positive, allow_pair=False)
+        return f"{person} gives {_with_article(adjective)} performance{_end(rng)}"
+    if roll < 0.8:
+        return f"{person} is {_adj_phrase(rng, positive, allow_pair=False)} as {rng.choice(ROLES)}{_end(rng)}"
+    quality = rng.choice(POSITIVE_QUALITIES) if positive else rng.choice(["nothing", "little", "nothing new"])
+    return f"{person} brings {quality} to the role{_end(rng)}"
+
+
+def _t_comparison(rng: random.Random, positive: bool) -> str:
+    """"the sequel is more charming than its predecessor ." (or "less funny than" = negative)."""
+    if positive or rng.random() < 0.7:
+        degree = f"more {_adj(rng, positive)}"
+    else:
+        degree = f"less {_adj(rng, True)}"
+    return f"{_film_subject(rng)} is {degree} than {rng.choice(COMPARISON_TARGETS)}{_end(rng)}"
+
+
+def _t_superlative(rng: random.Random, positive: bool) -> str:
+    """"one of the best comedies of the year"."""
+    superlative = rng.choice(POSITIVE_SUPERLATIVES if positive else NEGATIVE_SUPERLATIVES)
+    phrase = f"one of the {superlative} {rng.choice(FILM_NOUNS_PLURAL)} {rng.choice(TIME_SPANS)}"
+    if rng.random() < 0.5:
+        return phrase
+    return f"{_film_subject(rng)} is {phrase}{_end(rng)}"
+
+
+def _t_with(rng: random.Random, positive: bool) -> str:
+    """"with sharp dialogue and tender performances"."""
+    return f"with {_aspect_items(rng, positive, intensify=True)}"
+
+
+def _t_dash(rng: random.Random, positive: bool) -> str:
+    """"the film is gorgeous -- a triumph of style ." / "... -- skip it ."."""
+    head = _clause(rng, positive)
+    if rng.random() < 0.5:
+        tail = _verdict(rng, positive)
+    else:
+        tail = rng.choice(POSITIVE_RECOMMENDATIONS if positive else NEGATIVE_RECOMMENDATIONS)
+    return f"{head} -- {tail}{_end(rng)}"
+
+
+def _follow_up(rng: random.Random, positive: bool) -> str:
+    """A second clause that refers back to the film: "it 's oddly moving", "the cast is wooden"."""
+    roll = rng.random()
+    if roll < 0.5:
+        subject, plural = _part_subject(rng)
+        return f"{subject} {_be(plural)} {_adj_phrase(rng, positive, allow_pair=False)}"
+    if roll < 0.75:
+        return f"it 's {_adj_phrase(rng, positive, allow_pair=False)}"
+    phrases = POSITIVE_VERB_PHRASES if positive else NEGATIVE_VERB_PHRASES
+    return f"it {rng.choice(phrases)}"
+
+
+def _t_but(rng: random.Random, positive: bool) -> str:
+    """Mixed sentence where the final clause decides: "x is dull , but y is wonderful ."."""
+    glue = rng.choice([" , but ", " , but ", " -- but ", " , yet "])
+    return f"{_clause(rng, not positive)}{glue}{_follow_up(rng, positive)}{_end(rng)}"
+
+
+def _t_although(rng: random.Random, positive: bool) -> str:
+    """"although the plot is thin , the performances are wonderful ."."""
+    return f"although {_clause(rng, not positive)} , {_follow_up(rng, positive)}{_end(rng)}"
+
+
+def _t_adj_but(rng: random.Random, positive: bool) -> str:
+    """Fragment like "charming but ultimately hollow"."""
+    return f"{_adj(rng, not positive)} but {rng.choice(TURN_ADVERBS)} {_adj(rng, positive)}"
+
+
+def _negated(rng: random.Random, positive: bool) -> str:
+    """A negated opposite-sentiment phrase: "is not boring" (positive), "does n't work" (negative)."""
+    roll = rng.random()
+    # Skip "unfunny" etc. so we never produce double negatives like "not unfunny".
+    opposite = rng.choice([a for a in _adjectives(not positive) if not a.startswith("un")])
+    if roll < 0.3:
+        negator = rng.choice(["is not", "is n't", "is never", "is hardly"])
+        return f"{_film_subject(rng)} {negator} {opposite}{_end(rng)}"
+    if roll < 0.55:
+        bases = NEGATIVE_BASE_VERBS if positive else POSITIVE_BASE_VERBS
+        base = rng.choice(bases)
+        if rng.random() < 0.5:
+            return f"{_film_subject(rng)} does n't {base}{_end(rng)}"
+        return f"{_film_subject(rng)} never {_third_person(base)}{_end(rng)}"
+    if roll < 0.75:
+        return f"far from {opposite}"
+    if roll < 0.9:
+        return f"there 's nothing {opposite} about it{_end(rng)}"
+    subject, plural = _part_subject(rng)
+    return f"{subject} {'are not' if plural else 'is not'} {opposite}{_end(rng)}"
+
+
+def _t_negation(rng: random.Random, positive: bool) -> str:
+    """A negation, half the time followed by a plain clause of the same sentiment."""
+    text = _negated(rng, positive)
+    if rng.random() < 0.5:
+        return text
+    text = text.rstrip(" .!")
+    roll = rng.random()
+    if roll < 0.4:
+        return f"{text} -- it 's {_adj_phrase(rng, positive, allow_pair=False)}{_end(rng)}"
+    if roll < 0.7:
+        return f"{text} , and {_follow_up(rng, positive)}{_end(rng)}"
+    return f"{text} -- {_verdict(rng, positive)}{_end(rng)}"
+
+
+# (template, weight). Mixed sentences ~10%, negations ~10% of the data.
+TEMPLATES = [
+    (_t_copula, 14),
+    (_t_verb, 10),
+    (_t_fragment, 10),
+    (_t_its, 6),
+    (_t_aspect, 10),
+    (_t_performer, 7),
+    (_t_comparison, 5),
+    (_t_superlative, 5),
+    (_t_with, 5),
+    (_t_dash, 6),
+    (_t_but, 6),
+    (_t_although, 2),
+    (_t_adj_but, 2),
+    (_t_negation, 9),
+]
+
+
+def _normalize(text: str) -> str:
+    """SST-2 spacing: lower case, single spaces, one trailing space."""
+    return " ".join(text.lower().split()) + " "
+
+
+MIN_WORDS, MAX_WORDS = 3, 25
+
+
+def make_sentence(rng: random.Random, label: int) -> str:
+    """One SST-2-style sentence (3-25 tokens) whose sentiment is ``label`` (1 positive, 0 negative)."""
+    functions = [fn for fn, _ in TEMPLATES]
+    weights = [w for _, w in TEMPLATES]
+    while True:
+        template = rng.choices(functions, weights=weights, k=1)[0]
+        sentence = _normalize(template(rng, bool(label)))
+        if MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
+            return sentence
+
+
+def _unique_sentence(rng: random.Random, label: int, seen: set[str], max_tries: int = 1000) -> str:
+    """Draw sentences of ``label`` until one not in ``seen`` comes up, and record it."""
+    for _ in range(max_tries):
+        sentence = make_sentence(rng, label)
+        if sentence not in seen:
+            seen.add(sentence)
+            return sentence
+    raise RuntimeError("grammar exhausted: ask for fewer sentences")
+
+
+def make_smoke_sst2(n_train: int = 2000, n_validation: int = 200, seed: int = 0) -> dict[str, list[dict]]:
+    """Build an offline, SST-2-shaped sentiment dataset from a template grammar.
+
+    Returns {"train": rows, "validation": rows}; each row is
+    {"idx": int, "sentence": str, "label": int} with label 1 = positive,
+    0 = negative, exactly as in GLUE SST-2 (lower case, tokens separated by
+    single spaces, one trailing space). Labels are balanced and shuffled; no
+    sentence occurs twice (so no validation sentence is in train). The same
+    arguments always give the same data (only ``random.Random(seed)`` is used).
+    """
+    if n_train < 0 or n_validation < 0:
+        raise ValueError("n_train and n_validation must be >= 0")
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {}
+    for name, size in (("train", n_train), ("validation", n_validation)):
+        labels = [i % 2 for i in range(size)]
+        rng.shuffle(labels)
+        splits[name] = [
+            {"idx": idx, "sentence": _unique_sentence(rng, label, seen), "label": label}
+            for idx, label in enumerate(labels)
+        ]
+    return splits
+
+
+# Smoke and cpu profiles: building the assets.
+
+BASE_MODEL_SIZES: dict[str, dict[str, int]] = {
+    "smoke": dict(vocab_size=1024, n_positions=64, n_embd=64, n_layer=2, n_head=2),
+    "cpu": dict(vocab_size=4096, n_positions=64, n_embd=128, n_layer=4, n_head=4),
+}
+SMOKE_DATA_SIZES = dict(n_train=2000, n_validation=200)
+EOS_TOKEN = "<|endoftext|>"
+
+
+def build_smoke_dataset(folder: str | Path, n_train: int = 2000, n_validation: int = 200, seed: int = 0) -> Path:
+    """Write the smoke SST-2 (train.jsonl, validation.jsonl) to `folder`, atomically, unless it is there."""
+    folder = Path(folder)
+    meta = {"kind": "smoke_sst2", "n_train": n_train, "n_validation": n_validation, "seed": seed}
+    if (folder / MANIFEST).exists() and verify_checkpoint(folder, deep=False) == meta:
+        return folder
+    splits = make_smoke_sst2(n_train, n_validation, seed)
+    with atomic_directory(folder, meta) as tmp:
+        for split, rows in splits.items():
+            (tmp / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def train_bpe_tokenizer(sentences: Sequence[str], vocab_size: int, max_length: int) -> Any:
+    """A GPT-2-style byte-level BPE tokenizer trained on `sentences`, with GPT-2's EOS token."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([s.strip() for s in sentences], vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=[EOS_TOKEN], show_progress=False)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN,
+                                   unk_token=EOS_TOKEN, model_max_length=max_length)
+
+
+def build_base_model(folder: str | Path, dataset_name: str, profile: str, seed: int = 0) -> Path:
+    """Save a randomly initialised small GPT-2 and a tokenizer trained on the dataset's training sentences.
+
+    The folder looks like one saved from the hub, so the notebooks load it with the same
+    `from_pretrained` calls they use for `gpt2`. Rebuilt only when the dataset or sizes changed.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    folder, sizes = Path(folder), BASE_MODEL_SIZES[profile]
+    meta = {"kind": "causal_lm", "base_for_profile": profile, "dataset": dataset_name, "seed": seed, **sizes}
+    if (folder / MANIFEST).exists():
+        saved = verify_checkpoint(folder, deep=False)
+        if all(saved.get(k) == v for k, v in meta.items()):
+            return folder
+    sentences = load_sst2(dataset_name, require_label=False)["train"]["sentence"]
+    tokenizer = train_bpe_tokenizer(sentences, sizes["vocab_size"], sizes["n_positions"])
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=sizes["n_positions"], n_embd=sizes["n_embd"],
+                        n_layer=sizes["n_layer"], n_head=sizes["n_head"],
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    save_causal_lm(GPT2LMHeadModel(config), tokenizer, folder, meta)
+    return folder
+
+
+def prepare_profile(cfg: BaseConfig) -> None:
+    """Build what the smoke and cpu profiles need offline (smoke data, a base model); nothing for 'full'."""
+    if cfg.profile == "full":
+        return
+    if cfg.profile == "smoke" and cfg.dataset_name == f"{cfg.output_dir}/data/sst2":
+        build_smoke_dataset(cfg.dataset_name, seed=cfg.seed, **SMOKE_DATA_SIZES)
+    build_base_model(f"{cfg.output_dir}/base_model", cfg.dataset_name, cfg.profile, cfg.seed)
