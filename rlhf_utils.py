@@ -683,6 +683,24 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * positions).argmax(-1)  # (B,)
 
 
+def attention_mask_4d(model: nn.Module, attention_mask: torch.Tensor, query_length: int = 0) -> torch.Tensor:
+    """The (B, 1, Q, K) boolean mask of SDPA attention: a query sees the real (mask 1) keys at or before it.
+
+    Hugging Face models build this same mask from the 2D (B, K) one, but first read the 2D mask's values
+    (is any 0?), which on a GPU is a sync: the CPU waits for the GPU on every forward pass. Given the 4D
+    mask, they use it as it is. query_length=Q > 0: the queries are the last Q of the K positions
+    (decoding with the KV cache); 0: all K. Models with other attention (or sliding windows) get the 2D mask.
+    """
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sliding_window", None):
+        return attention_mask
+    keys = attention_mask.shape[-1]
+    key_positions = torch.arange(keys, device=attention_mask.device)  # (K,)
+    query_positions = key_positions[keys - (query_length or keys):]  # (Q,)
+    causal = key_positions[None, :] <= query_positions[:, None]  # (Q, K)
+    return causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, Q, K)
+
+
 class ScalarHead(nn.Module):
     """A linear map from a hidden state to one scalar: h (..., H) -> (...)."""
 
@@ -718,7 +736,7 @@ class ScalarHeadModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scalars for every position, (B, T); position ids follow the mask, so padding side does not matter."""
-        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = self.trunk(input_ids=input_ids, attention_mask=attention_mask_4d(self.trunk, attention_mask),
                             position_ids=positions_from_mask(attention_mask)).last_hidden_state  # (B, T, H)
         return self.head(hidden).float()  # (B, T)
 
@@ -744,8 +762,9 @@ class PolicyWithValueHead(nn.Module):
         and a tensor of positions (K,) those positions only, (B, K, V): the LM head (H x V) is the largest
         matrix product of a small model, and PPO reads its output on the response only.
         """
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
-                      output_hidden_states=True, logits_to_keep=logits_to_keep)
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask_4d(self.lm, attention_mask),
+                      position_ids=positions_from_mask(attention_mask), output_hidden_states=True,
+                      logits_to_keep=logits_to_keep)
         return out.logits, self.value_head(out.hidden_states[-1]).float()
 
 
@@ -787,7 +806,7 @@ def use_fused_gelu(model: nn.Module) -> nn.Module:
     """Swap GPT-2's GELU, which runs as eight elementwise tensor ops, for PyTorch's one-kernel version, in place.
 
     Both compute 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) and agree to ~1e-7; the fused one is
-    3-5x faster, which matters on a CPU, where a small model spends much of its time in such ops.
+    2-5x faster (backward, forward), which matters on a CPU, where a small model spends much of its time in such ops.
     The loaders of this module call it; the saved config still names GPT-2's own "gelu_new".
     """
     from transformers.activations import NewGELUActivation
@@ -812,7 +831,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
 
     Inverse-CDF sampling: one uniform number u per row picks the first token whose cumulative
     probability exceeds u. It draws the same distribution as torch.multinomial, which draws one
-    random number per vocabulary entry (~30x slower on a CPU). Sums run in float64 (exact enough
+    random number per vocabulary entry (~30x slower for 64 x 1024 logits on a CPU). Sums run in float64 (exact enough
     that no token's share is rounded away), and a token of probability 0 is never picked.
     """
     logits = logits.float() if temperature == 1.0 else logits.float() / temperature
@@ -843,7 +862,7 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
     with autocast:  # logits_to_keep=1: only the last position's logits are needed, not (B, P, V)
-        out = lm(input_ids=prompt_ids, attention_mask=attention_mask,
+        out = lm(input_ids=prompt_ids, attention_mask=attention_mask_4d(lm, attention_mask),
                  position_ids=positions_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
     past, next_logits = out.past_key_values, out.logits[:, -1]  # (B, V)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
@@ -858,9 +877,9 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         if step + 1 == max_new_tokens or ((step + 1) % stop_check_every == 0 and bool(finished.all())):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        with autocast:
-            out = lm(input_ids=token[:, None], attention_mask=attention_mask, position_ids=next_position,
-                     past_key_values=past, use_cache=True)
+        with autocast:  # the new token attends to every real token so far: a (B, 1, 1, K) mask
+            out = lm(input_ids=token[:, None], attention_mask=attention_mask_4d(lm, attention_mask, query_length=1),
+                     position_ids=next_position, past_key_values=past, use_cache=True)
         past, next_logits = out.past_key_values, out.logits[:, -1]
         next_position = next_position + 1
     responses = torch.stack(tokens, dim=1)  # (B, R)
@@ -1094,7 +1113,8 @@ def policy_forward(policy: PolicyWithValueHead, input_ids: torch.Tensor, attenti
 def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                       response_start: int, temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of the response tokens under a plain causal LM (the frozen reference), (B, R)."""
-    logits = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+    logits = lm(input_ids=input_ids, attention_mask=attention_mask_4d(lm, attention_mask),
+                position_ids=positions_from_mask(attention_mask),
                 logits_to_keep=response_positions(input_ids, response_start)).logits  # (B, R, V)
     if temperature != 1.0:
         logits = logits / temperature

@@ -1,0 +1,309 @@
+"""PPO checkpoints: resuming continues the interrupted run exactly; damaged checkpoints are refused.
+
+The loop below is a compact copy of the numbered steps of 3-RLHF.ipynb, built from the same
+rlhf_utils functions, on a tiny random GPT-2 so it runs in seconds. It also tests the passes the
+loop relies on (log-probs and values under left padding, scores of prompt + response).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+import rlhf_utils as ru
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
+EOS = PAD = 0
+VOCAB, BATCH, MINIBATCH, RESPONSE_LENGTH, TEMPERATURE = 24, 8, 4, 6, 0.9
+PROMPTS = [[1 + (7 * i + j) % (VOCAB - 1) for j in range(2 + i % 4)] for i in range(20)]
+SIGNATURE = {"settings": {"learning_rate": 1e-2, "batch_size": BATCH}, "sft_model": "abc", "reward_model": "def"}
+
+
+def tiny_config(n_embd: int = 16) -> GPT2Config:
+    """A 1-layer GPT-2 without dropout (PPO runs the policy without dropout)."""
+    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=n_embd, n_layer=1, n_head=2, resid_pdrop=0.0,
+                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS)
+
+
+class Run:
+    """Everything a PPO run holds in memory, built from a seed exactly as the notebook builds it."""
+
+    def __init__(self, seed: int = 0, n_embd: int = 16):
+        torch.manual_seed(seed)
+        self.ref_policy = GPT2LMHeadModel(tiny_config(n_embd)).eval()
+        self.policy = ru.PolicyWithValueHead(copy.deepcopy(self.ref_policy)).eval()
+        torch.nn.init.normal_(self.policy.value_head.linear.weight, std=0.1)  # nonzero values from the start
+        self.reward_model = ru.ScalarHeadModel(GPT2Model(tiny_config(n_embd))).eval()
+        self.optimizer = ru.make_optimizer(self.policy, lr=1e-2)
+        self.scaler = torch.amp.GradScaler("cpu", enabled=False)
+        self.kl_controller = ru.AdaptiveKLController(0.1, target=0.5, horizon=50)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history = ru.History()
+
+
+def ppo_iterations(run: Run, start: int, stop: int, folder: Path | None = None, checkpoint_every: int = 2,
+                   poison_scores_at: int | None = None) -> None:
+    """Iterations start+1..stop of the notebook's loop, checkpointing every `checkpoint_every`."""
+    for iteration in range(start + 1, stop + 1):
+        # (1) sample
+        picks = torch.randint(len(PROMPTS), (BATCH,), generator=run.generator).tolist()
+        prompt_ids, prompt_mask = ru.pad_batch([PROMPTS[i] for i in picks], PAD, side="left")
+        responses, response_mask = ru.generate(run.policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, EOS, PAD,
+                                               temperature=TEMPERATURE, generator=run.generator)
+        input_ids = torch.cat([prompt_ids, responses], 1)
+        attention_mask = torch.cat([prompt_mask, response_mask], 1)
+        start_r = prompt_ids.shape[1]
+        with torch.no_grad():
+            # (2) score
+            scores = ru.score_responses(run.reward_model, prompt_ids, prompt_mask, responses, response_mask)
+            if iteration == poison_scores_at:
+                scores[0] = float("nan")
+            # (3) log-probs and values
+            logprobs, values, _ = ru.policy_forward(run.policy, input_ids, attention_mask, start_r, TEMPERATURE)
+            ref_logprobs = ru.response_logprobs(run.ref_policy, input_ids, attention_mask, start_r, TEMPERATURE)
+            # (4) KL-shaped rewards, (5) GAE
+            rewards, kl = ru.compute_rewards(scores, logprobs, ref_logprobs, response_mask, run.kl_controller.value)
+            advantages, returns = ru.compute_gae(values, rewards, response_mask, 1.0, 0.95)
+            advantages = ru.masked_whiten(advantages, response_mask)
+        # (6) PPO epochs over shuffled minibatches
+        for _ in range(2):
+            order = torch.randperm(BATCH, generator=run.generator)
+            for mb_start in range(0, BATCH, MINIBATCH):
+                mb = order[mb_start:mb_start + MINIBATCH]
+                mb_logprobs, mb_values, _ = ru.policy_forward(run.policy, input_ids[mb], attention_mask[mb],
+                                                              start_r, TEMPERATURE)
+                pg_loss, _ = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], response_mask[mb], 0.2)
+                vf_loss, _ = ru.ppo_value_loss(mb_values, values[mb], returns[mb], response_mask[mb], 0.2)
+                ru.optimizer_step(pg_loss + 0.1 * vf_loss, run.optimizer, run.scaler, run.policy.parameters(), 1.0)
+        kl_per_sequence = kl.sum(1).mean().item()
+        ru.check_finite("PPO", iteration, **{"env/score_mean": scores.mean().item(), "loss/policy": pg_loss.item()})
+        # (7) KL coefficient, (8) log
+        run.kl_controller.update(kl_per_sequence, BATCH)
+        run.history.log(iteration, **{"env/score_mean": scores.mean().item(), "objective/kl": kl_per_sequence,
+                                      "objective/kl_coef": run.kl_controller.value})
+        if folder is not None and iteration % checkpoint_every == 0:
+            ru.save_ppo_checkpoint(folder, run.policy, run.optimizer, run.scaler, run.kl_controller, iteration,
+                                   run.history, run.generator, SIGNATURE)
+
+
+def snapshot(run: Run) -> dict:
+    """Copies of the state a checkpoint must restore."""
+    return {"params": {k: v.clone() for k, v in run.policy.state_dict().items()},
+            "optimizer": copy.deepcopy(run.optimizer.state_dict()), "kl_coef": run.kl_controller.value,
+            "history": copy.deepcopy(run.history.rows), "generator": run.generator.get_state().clone()}
+
+
+def assert_same_optimizer_state(a: dict, b: dict) -> None:
+    """Adam's step counts and moments equal, parameter by parameter."""
+    assert a["state"].keys() == b["state"].keys() and len(a["state"]) > 0
+    for index, state in a["state"].items():
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(torch.as_tensor(state[name]), torch.as_tensor(b["state"][index][name])), (index, name)
+    assert [g["lr"] for g in a["param_groups"]] == [g["lr"] for g in b["param_groups"]]
+
+
+def test_resume_continues_the_run_exactly(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    straight = Run()
+    ppo_iterations(straight, 0, 2, folder)
+    at_checkpoint = snapshot(straight)
+    ppo_iterations(straight, 2, 4)  # the uninterrupted run goes on (no more checkpoints)
+    assert straight.kl_controller.value != at_checkpoint["kl_coef"]  # the controller moved: the test can see it
+
+    resumed = Run()  # a fresh process: the SFT weights again, new optimizer, new controller
+    iteration, history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
+                                                resumed.kl_controller, resumed.generator)
+    assert iteration == 2
+    assert history.rows == at_checkpoint["history"] and len(history.rows) == 2
+    assert resumed.kl_controller.value == at_checkpoint["kl_coef"]
+    assert_same_optimizer_state(resumed.optimizer.state_dict(), at_checkpoint["optimizer"])
+    assert torch.equal(resumed.generator.get_state(), at_checkpoint["generator"])
+    for name, tensor in resumed.policy.state_dict().items():
+        assert torch.equal(tensor, at_checkpoint["params"][name]), name
+
+    resumed.history = history
+    ppo_iterations(resumed, iteration, 4)
+    for name, tensor in resumed.policy.state_dict().items():
+        assert torch.equal(tensor, straight.policy.state_dict()[name]), name
+    assert_same_optimizer_state(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
+    assert resumed.kl_controller.value == straight.kl_controller.value
+    assert resumed.history.rows == straight.history.rows
+
+
+def test_the_policy_changes_between_checkpoints(tmp_path):
+    """Guards the test above: without loading, a fresh run differs from the checkpoint."""
+    folder = tmp_path / "ppo_checkpoint"
+    trained = Run()
+    ppo_iterations(trained, 0, 2, folder)
+    fresh = Run()
+    differs = [not torch.equal(v, trained.policy.state_dict()[k]) for k, v in fresh.policy.state_dict().items()]
+    assert any(differs)
+
+
+def test_damaged_checkpoints_are_refused(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    run = Run()
+    ppo_iterations(run, 0, 2, folder)
+
+    weights = folder / "policy.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF  # same size, other bytes: only the SHA-256 can tell
+    weights.write_bytes(bytes(data))
+    fresh = Run()
+    with pytest.raises(ru.CheckpointError, match="corrupt"):
+        ru.load_ppo_checkpoint(folder, fresh.policy, fresh.optimizer, fresh.scaler, fresh.kl_controller)
+
+    ppo_iterations(Run(), 0, 2, folder)  # a good checkpoint again
+    (folder / ru.PPO_TRAINING_STATE).unlink()
+    with pytest.raises(ru.CheckpointError, match="missing"):
+        ru.can_resume(folder, SIGNATURE)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    ppo_iterations(Run(n_embd=16), 0, 2, folder)
+    other = Run(n_embd=8)
+    with pytest.raises(ru.CheckpointError, match="does not fit"):
+        ru.load_ppo_checkpoint(folder, other.policy, other.optimizer, other.scaler, other.kl_controller)
+
+
+def test_can_resume_only_the_same_run(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    ok, why = ru.can_resume(folder, SIGNATURE)
+    assert not ok and "No checkpoint" in why
+    ppo_iterations(Run(), 0, 2, folder)
+    ok, why = ru.can_resume(folder, SIGNATURE)
+    assert ok and "2 iterations" in why
+    changed = {**SIGNATURE, "settings": {**SIGNATURE["settings"], "learning_rate": 3e-3}}
+    ok, why = ru.can_resume(folder, changed)
+    assert not ok and "learning_rate: 0.01 -> 0.003" in why
+    ok, why = ru.can_resume(folder, {**SIGNATURE, "reward_model": "other"})
+    assert not ok and "reward model changed" in why
+    (folder / ru.MANIFEST).write_text(json.dumps({"format": 1, "meta": {"kind": "causal_lm"}, "files": {}}))
+    with pytest.raises(ru.CheckpointError, match="not a PPO checkpoint"):
+        ru.can_resume(folder, SIGNATURE)
+
+
+def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
+    env = {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path)}
+    base = ru.ppo_run_signature(ru.make_config(ru.PPOConfig, env))
+    assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_NUM_ITERATIONS": "99"})) == base
+    assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_VF_COEF": "0.5"})) != base
+
+
+def test_divergence_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    run = Run()
+    with pytest.raises(ru.TrainingDivergedError, match=r"env/score_mean became nan at iteration/step 3"):
+        ppo_iterations(run, 0, 4, folder, poison_scores_at=3)
+    ok, why = ru.can_resume(folder, SIGNATURE)
+    assert ok and ru.verify_checkpoint(folder)["iteration"] == 2
+
+
+# The passes the loop relies on
+
+def test_policy_forward_matches_each_row_alone_under_left_padding():
+    run = Run()
+    rows = [[3, 5, 7, 9, 11], [4, 6, 8], [2, 10, 12, 14]]  # prompt + response, different prompt lengths
+    prompt_lengths = [3, 1, 2]
+    prompts = [r[:p] for r, p in zip(rows, prompt_lengths)]
+    responses = [r[p:] for r, p in zip(rows, prompt_lengths)]
+    prompt_ids, prompt_mask = ru.pad_batch(prompts, PAD, side="left")
+    response_ids, response_mask = ru.pad_batch(responses, PAD, side="right")
+    input_ids = torch.cat([prompt_ids, response_ids], 1)
+    attention_mask = torch.cat([prompt_mask, response_mask], 1)
+    with torch.no_grad():
+        logprobs, values, entropy = ru.policy_forward(run.policy, input_ids, attention_mask, prompt_ids.shape[1],
+                                                      TEMPERATURE)
+        ref_logprobs = ru.response_logprobs(run.ref_policy, input_ids, attention_mask, prompt_ids.shape[1],
+                                            TEMPERATURE)
+        for b, (row, p) in enumerate(zip(rows, prompt_lengths)):
+            alone = torch.tensor([row])
+            out = run.policy.lm(input_ids=alone, output_hidden_states=True)  # no padding, positions 0..n-1
+            row_values = run.policy.value_head(out.hidden_states[-1])[0]
+            ref_logits = run.ref_policy(input_ids=alone).logits[0]
+            for i, token in enumerate(row[p:]):
+                position = p + i - 1  # the logits there predict this token
+                expected = torch.log_softmax(out.logits[0, position] / TEMPERATURE, -1)[token]
+                assert math.isclose(logprobs[b, i].item(), expected.item(), abs_tol=1e-5)
+                expected_ref = torch.log_softmax(ref_logits[position] / TEMPERATURE, -1)[token]
+                assert math.isclose(ref_logprobs[b, i].item(), expected_ref.item(), abs_tol=1e-5)
+                assert math.isclose(values[b, i].item(), row_values[position].item(), abs_tol=1e-5)
+                probs = torch.softmax(out.logits[0, position] / TEMPERATURE, -1)
+                assert math.isclose(entropy[b, i].item(), -(probs * probs.log()).sum().item(), abs_tol=1e-5)
+
+
+def test_generated_tokens_get_the_logprobs_they_were_sampled_with():
+    """The KV-cache sampler and the one-pass forward see the same distribution (positions, temperature)."""
+    run = Run()
+    prompt_ids, prompt_mask = ru.pad_batch(PROMPTS[:6], PAD, side="left")
+    responses, response_mask = ru.generate(run.policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, EOS, PAD,
+                                           temperature=TEMPERATURE, generator=torch.Generator().manual_seed(1))
+    input_ids = torch.cat([prompt_ids, responses], 1)
+    attention_mask = torch.cat([prompt_mask, response_mask], 1)
+    with torch.no_grad():
+        logprobs, _, _ = ru.policy_forward(run.policy, input_ids, attention_mask, prompt_ids.shape[1], TEMPERATURE)
+    for b in range(6):  # each row alone, token by token, without cache or padding
+        row = PROMPTS[b][:]
+        for i in range(int(response_mask[b].sum())):
+            logits = run.policy.lm(input_ids=torch.tensor([row])).logits[0, -1] / TEMPERATURE
+            token = int(responses[b, i])
+            assert math.isclose(logprobs[b, i].item(), torch.log_softmax(logits, -1)[token].item(), abs_tol=1e-5)
+            row.append(token)
+
+
+def test_score_responses_reads_the_last_real_token():
+    run = Run()
+    prompt_ids, prompt_mask = ru.pad_batch([[3, 4, 5], [6]], PAD, side="left")
+    response_ids, response_mask = ru.pad_batch([[7, EOS], [8, 9, 10, EOS]], PAD, side="right")
+    with torch.no_grad():
+        scores = ru.score_responses(run.reward_model, prompt_ids, prompt_mask, response_ids, response_mask)
+        alone = [run.reward_model(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0, -1]
+                 for r in ([3, 4, 5, 7, EOS], [6, 8, 9, 10, EOS])]
+    assert torch.allclose(scores, torch.stack(alone), atol=1e-5)
+
+
+def test_evaluate_policy_measures_what_it_sampled():
+    class Tokenizer:  # just what evaluate_policy uses
+        eos_token_id = pad_token_id = EOS
+
+        def batch_decode(self, rows, skip_special_tokens=True):
+            return [" ".join(str(t) for t in row if t != EOS) for row in rows]
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    run = Run()
+    summary, table = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
+                                        RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    assert len(table) == 10 and table["kl"].abs().max() == 0.0  # the reference against itself
+    assert summary["positive_share"] == (table["score"] > 0).mean()
+    nll_per_token = table["ref_nll"].sum() / table["length"].sum()
+    assert math.isclose(summary["ref_perplexity"], math.exp(nll_per_token), rel_tol=1e-9)
+    assert 1.0 < summary["ref_perplexity"] < VOCAB * 3  # a random model is roughly uniform over the vocabulary
+    again, _ = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
+                                  RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    assert again == summary  # the same seed samples the same responses
+    trained = Run()
+    ppo_iterations(trained, 0, 3)
+    summary_ppo, _ = ru.evaluate_policy(trained.policy.lm, trained.ref_policy, trained.reward_model, Tokenizer(),
+                                        PROMPTS[:10], RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    assert summary_ppo["kl_to_ref"] != 0.0
+
+
+def test_missing_inputs_name_the_notebook_and_the_variable(tmp_path):
+    with pytest.raises(ru.CheckpointError) as error:
+        ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))
+    message = str(error.value)
+    assert "1-SFT.ipynb" in message and "RLHF_SFT_MODEL_DIR" in message
+    assert "2-RM Training.ipynb" in message and "RLHF_REWARD_MODEL_DIR" in message
+    (tmp_path / "sft_model").mkdir()
+    with pytest.raises(ru.CheckpointError) as error:
+        ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))
+    assert "SFT" not in str(error.value) and "2-RM Training.ipynb" in str(error.value)
+    (tmp_path / "reward_model").mkdir()
+    ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))  # both there: no error
