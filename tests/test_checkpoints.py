@@ -1,0 +1,192 @@
+"""Atomic checkpoints, manifests, model round trips, and the errors a learner meets when something is off."""
+import json
+import os
+import shutil
+import time
+
+import pytest
+import torch
+
+import rlhf_utils as ru
+
+
+def write_checkpoint(folder, text: str, meta=None):
+    with ru.atomic_directory(folder, meta) as tmp:
+        (tmp / "weights.bin").write_bytes(text.encode() * 100)
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "notes.txt").write_text(text)
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.parent.iterdir() if p.name != folder.name)
+
+
+# ---------------------------------------------------------------------------
+# atomic_directory and verify_checkpoint
+
+def test_atomic_directory_writes_a_manifest_and_replaces_the_old_checkpoint(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "first", meta={"step": 1})
+    assert ru.verify_checkpoint(folder) == {"step": 1}
+    manifest = json.loads((folder / ru.MANIFEST).read_text())
+    assert set(manifest["files"]) == {"weights.bin", "sub/notes.txt"}
+    write_checkpoint(folder, "second", meta={"step": 2})
+    assert ru.verify_checkpoint(folder) == {"step": 2}
+    assert (folder / "sub" / "notes.txt").read_text() == "second"
+    assert leftovers(folder) == []  # no .tmp-* or .old folders left behind
+
+
+def test_atomic_directory_keeps_the_previous_checkpoint_when_writing_fails(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "good", meta={"step": 10})
+    before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    with pytest.raises(RuntimeError, match="disk full"):
+        with ru.atomic_directory(folder, {"step": 11}) as tmp:
+            (tmp / "weights.bin").write_bytes(b"half")
+            raise RuntimeError("disk full")
+    assert ru.verify_checkpoint(folder) == {"step": 10}
+    assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert leftovers(folder) == []
+    # an interrupted first save leaves no folder at all, not a half-written one
+    with pytest.raises(KeyboardInterrupt):
+        with ru.atomic_directory(tmp_path / "new") as tmp:
+            (tmp / "x").write_text("x")
+            raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists()
+
+
+def test_verify_checkpoint_refuses_changed_truncated_and_missing_files(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "abc")
+    weights = folder / "weights.bin"
+    original = weights.read_bytes()
+
+    weights.write_bytes(original[:-7])  # truncated
+    with pytest.raises(ru.CheckpointError, match="weights.bin"):
+        ru.verify_checkpoint(folder)
+    with pytest.raises(ru.CheckpointError):
+        ru.verify_checkpoint(folder, deep=False)  # the size alone shows it
+
+    weights.write_bytes(b"X" + original[1:])  # same size, other bytes
+    with pytest.raises(ru.CheckpointError, match="corrupt or was changed"):
+        ru.verify_checkpoint(folder)
+    assert ru.verify_checkpoint(folder, deep=False) == {}  # a shallow check only compares sizes
+
+    weights.write_bytes(original)
+    ru.verify_checkpoint(folder)
+    (folder / "sub" / "notes.txt").unlink()  # missing
+    with pytest.raises(ru.CheckpointError, match="notes.txt"):
+        ru.verify_checkpoint(folder)
+
+    with pytest.raises(ru.CheckpointError, match="No checkpoint"):
+        ru.verify_checkpoint(tmp_path / "nothing_here")
+
+
+def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "abc")
+    (folder / ru.MANIFEST).write_text("{not json")
+    with pytest.raises(ru.CheckpointError, match="damaged"):
+        ru.verify_checkpoint(folder)
+    # a folder without any manifest (saved elsewhere with save_pretrained) is accepted as it is ...
+    (folder / ru.MANIFEST).unlink()
+    assert ru.verify_checkpoint(folder) == {}
+    # ... unless an interrupted save lies beside it
+    (tmp_path / "ckpt.tmp-12345").mkdir()
+    with pytest.raises(ru.CheckpointError, match="half-written"):
+        ru.verify_checkpoint(folder)
+
+
+# ---------------------------------------------------------------------------
+# Models
+
+def test_save_and_load_causal_lm(tmp_path, tiny_lm, tokenizer):
+    folder = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft", meta={"steps": 3})
+    meta = ru.verify_checkpoint(folder)
+    assert meta["kind"] == "causal_lm" and meta["steps"] == 3
+    assert meta["vocabulary"] == ru.vocabulary_fingerprint(tokenizer)
+    loaded = ru.load_causal_lm(str(folder)).eval()
+    loaded_tokenizer = ru.load_tokenizer(str(folder))
+    ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
+    ids = torch.tensor([ru.tokenize_sentences(["the film is charming"], tokenizer, 16)[0]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, tiny_lm(input_ids=ids).logits, atol=1e-6, rtol=0)
+    assert not any(p.name.endswith(".bin") for p in folder.iterdir())  # safetensors, not pickles
+
+
+def test_load_causal_lm_refuses_a_corrupt_folder(tmp_path, tiny_lm, tokenizer):
+    folder = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ru.CheckpointError, match="model.safetensors"):
+        ru.load_causal_lm(str(folder))
+
+
+@pytest.fixture
+def saved_reward_model(tmp_path, smoke_dirs, tokenizer):
+    torch.manual_seed(0)
+    model = ru.build_reward_model(str(smoke_dirs["base"])).eval()
+    folder = ru.save_reward_model(model, tokenizer, tmp_path / "rm", reward_mean=0.25, reward_std=1.5,
+                                  meta={"loss": "bce"})
+    return model, folder
+
+
+def test_save_and_load_reward_model(saved_reward_model, tokenizer):
+    model, folder = saved_reward_model
+    loaded, loaded_tokenizer, info = ru.load_reward_model(folder)
+    assert not loaded.training
+    assert info["reward_mean"] == 0.25 and info["reward_std"] == 1.5 and info["loss"] == "bce"
+    assert info["layout"] == ru.REWARD_MODEL_LAYOUT
+    ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
+    rows = ru.tokenize_sentences(["a gem", "the film is dull and lifeless ."], tokenizer, 32)
+    ids, mask = ru.pad_batch(rows, tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = model.score(ids, mask)
+        torch.testing.assert_close(loaded.score(ids, mask), expected, atol=1e-6, rtol=0)
+    assert expected.abs().max() > 1e-3  # the head is not zero: the comparison means something
+
+
+def test_load_reward_model_refuses_other_folders(tmp_path, saved_reward_model, tiny_lm, tokenizer):
+    _, good = saved_reward_model
+    # a causal LM folder (e.g. RLHF_REWARD_MODEL_DIR pointed at the SFT model): no reward_config.json
+    lm_folder = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft")
+    with pytest.raises(ru.CheckpointError, match=r"no reward_config.json.*older layout"):
+        ru.load_reward_model(lm_folder)
+    # a reward model saved in another layout
+    info = json.loads((good / ru.REWARD_CONFIG).read_text())
+    with ru.atomic_directory(tmp_path / "rm_v99") as tmp:
+        for path in good.iterdir():
+            if path.is_file() and path.name not in (ru.MANIFEST, ru.REWARD_CONFIG):
+                shutil.copy(path, tmp / path.name)
+        (tmp / ru.REWARD_CONFIG).write_text(json.dumps({**info, "layout": 99}))
+    with pytest.raises(ru.CheckpointError, match="layout 99"):
+        ru.load_reward_model(tmp_path / "rm_v99")
+    with pytest.raises(ru.CheckpointError, match="2-RM Training"):
+        ru.load_reward_model(tmp_path / "missing")
+
+
+def test_check_same_vocabulary_refuses_another_tokenizer(tokenizer, smoke_rows):
+    other = ru.train_bpe_tokenizer([r["sentence"] for r in smoke_rows["train"][:300]], vocab_size=400, max_length=64)
+    with pytest.raises(ru.CheckpointError, match="vocabulary"):
+        ru.check_same_vocabulary(tokenizer, other)
+    ru.check_same_vocabulary(tokenizer, tokenizer)
+
+
+# ---------------------------------------------------------------------------
+# Hub names offline
+
+HUB_NAME = "rlhf-in-notebooks/no-such-model"  # a hub id (not a path) that no cache holds
+
+
+@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"),
+                    reason="checks the offline error; HF_HUB_OFFLINE is not set")
+@pytest.mark.parametrize("load", [ru.load_causal_lm, ru.load_tokenizer, ru.build_reward_model, ru.load_sst2],
+                         ids=["causal_lm", "tokenizer", "reward_trunk", "dataset"])
+def test_hub_name_offline_fails_fast_with_a_helpful_message(load):
+    start = time.perf_counter()
+    with pytest.raises(ru.HubUnavailableError) as info:
+        load(HUB_NAME)
+    elapsed = time.perf_counter() - start
+    message = str(info.value)
+    assert HUB_NAME in message and "RLHF_SMOKE=1" in message and "internet" in message
+    assert elapsed < 5.0, f"took {elapsed:.1f} s"

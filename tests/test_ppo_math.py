@@ -1,0 +1,417 @@
+"""PPO math of rlhf_utils against plain Python loops written from the formulas.
+
+The references below work on Python floats and nested lists, one token at a time, so they share
+no vectorised code (no gather, scatter, cumsum, masking tricks) with the implementation.
+"""
+import math
+import random
+
+import pytest
+import torch
+
+import rlhf_utils as ru
+
+SEEDS = [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------
+# Random inputs
+
+def ragged_mask(rng: random.Random, batch: int, length: int, holes: bool = False) -> list[list[int]]:
+    """A 0/1 mask per row: some leading zeros (prompt side), a response, then zeros (padding).
+
+    Row 0 has one token, row 1 has none, row 2 fills the row; with `holes`, some zeros inside.
+    """
+    rows = []
+    for b in range(batch):
+        if b == 0:
+            start = rng.randrange(length)
+            row = [1 if t == start else 0 for t in range(length)]
+        elif b == 1:
+            row = [0] * length
+        elif b == 2:
+            row = [1] * length
+        else:
+            start = rng.randrange(length)
+            end = rng.randrange(start + 1, length + 1)
+            row = [1 if start <= t < end else 0 for t in range(length)]
+        if holes and sum(row) > 2:
+            ones = [t for t, m in enumerate(row) if m]
+            for t in ones[1:-1]:
+                if rng.random() < 0.3:
+                    row[t] = 0
+        rows.append(row)
+    return rows
+
+
+def randn(rng: random.Random, *shape: int, scale: float = 1.0):
+    """Nested lists of N(0, scale^2) floats."""
+    if len(shape) == 1:
+        return [rng.gauss(0.0, scale) for _ in range(shape[0])]
+    return [randn(rng, *shape[1:], scale=scale) for _ in range(shape[0])]
+
+
+def T(x) -> torch.Tensor:
+    """Nested lists -> float64 tensor (so the comparison measures the formula, not rounding)."""
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def close(actual: torch.Tensor, expected, tol: float = 1e-6) -> None:
+    """Assert a tensor equals nested lists / a float within `tol` (fp32 rounding), with a readable message."""
+    expected = torch.as_tensor(expected, dtype=torch.float64)
+    actual = actual.detach().to(torch.float64)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert torch.isfinite(actual).all(), actual
+    diff = (actual - expected).abs().max().item() if actual.numel() else 0.0
+    assert diff <= tol, f"max |diff| = {diff:.3g} > {tol}\nactual={actual}\nexpected={expected}"
+
+
+# ---------------------------------------------------------------------------
+# Reference implementations (plain loops over floats)
+
+def ref_log_softmax(row: list[float]) -> list[float]:
+    m = max(row)
+    log_z = m + math.log(sum(math.exp(x - m) for x in row))
+    return [x - log_z for x in row]
+
+
+def ref_masked_mean(x: list[list[float]], mask: list[list[int]]) -> float:
+    total, count = 0.0, 0
+    for xr, mr in zip(x, mask):
+        for v, m in zip(xr, mr):
+            if m:
+                total += v
+                count += 1
+    return total / count if count else 0.0
+
+
+def ref_masked_var(x: list[list[float]], mask: list[list[int]]) -> float:
+    mean = ref_masked_mean(x, mask)
+    return ref_masked_mean([[(v - mean) ** 2 for v in row] for row in x], mask)
+
+
+def ref_compute_gae(values, rewards, mask, gamma, lam):
+    """A_t = delta_t + gamma * lam * A_next over each row's masked tokens, walked backwards."""
+    advantages, returns = [], []
+    for v_row, r_row, m_row in zip(values, rewards, mask):
+        adv = [0.0] * len(v_row)
+        next_value, next_adv = 0.0, 0.0  # V = A = 0 after the last masked token
+        for t in reversed(range(len(v_row))):
+            if not m_row[t]:
+                continue
+            delta = r_row[t] + gamma * next_value - v_row[t]
+            adv[t] = delta + gamma * lam * next_adv
+            next_value, next_adv = v_row[t], adv[t]
+        advantages.append(adv)
+        returns.append([(a + v) if m else 0.0 for a, v, m in zip(adv, v_row, m_row)])
+    return advantages, returns
+
+
+def clip(x: float, lo: float, hi: float) -> float:
+    return min(max(x, lo), hi)
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+# ---------------------------------------------------------------------------
+# Log-probs and entropy
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_logprobs_from_logits(seed, scale):
+    rng = random.Random(seed)
+    B, L, V = 3, 5, 7
+    logits = randn(rng, B, L, V, scale=scale)
+    labels = [[rng.randrange(V) for _ in range(L)] for _ in range(B)]
+    expected = [[ref_log_softmax(logits[b][t])[labels[b][t]] for t in range(L)] for b in range(B)]
+    out = ru.logprobs_from_logits(T(logits), torch.tensor(labels))
+    close(out, expected, tol=1e-6 * scale)  # computed in fp32
+
+
+def test_logprobs_from_low_precision_logits_are_fp32():
+    rng = random.Random(0)
+    logits = T(randn(rng, 2, 3, 11, scale=5.0))
+    labels = torch.tensor([[1, 2, 3], [4, 5, 10]])
+    out = ru.logprobs_from_logits(logits.to(torch.bfloat16), labels)
+    assert out.dtype == torch.float32
+    expected = [[ref_log_softmax(row)[y] for row, y in zip(r, l)]
+                for r, l in zip(logits.to(torch.bfloat16).double().tolist(), labels.tolist())]
+    close(out, expected, tol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_entropy_from_logits(seed):
+    rng = random.Random(seed)
+    logits = randn(rng, 2, 4, 9, scale=3.0)
+    expected = [[-sum(math.exp(lp) * lp for lp in ref_log_softmax(row)) for row in r] for r in logits]
+    close(ru.entropy_from_logits(T(logits)), expected, tol=1e-5)
+    # a uniform distribution over V has entropy log V
+    close(ru.entropy_from_logits(torch.zeros(1, 1, 9)), [[math.log(9)]], tol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Masked statistics
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_masked_mean_and_var(seed):
+    rng = random.Random(seed)
+    mask = ragged_mask(rng, 6, 7, holes=True)
+    x = randn(rng, 6, 7, scale=2.0)
+    close(ru.masked_mean(T(x), T(mask)), ref_masked_mean(x, mask))
+    close(ru.masked_var(T(x), T(mask)), ref_masked_var(x, mask))
+    per_row = [ref_masked_mean([xr], [mr]) for xr, mr in zip(x, mask)]  # 0 for the empty row
+    close(ru.masked_mean(T(x), T(mask), dim=1), per_row)
+
+
+def test_masked_statistics_of_one_element_have_no_nan():
+    x = T([[3.0, -7.0, 100.0]])
+    mask = T([[0, 1, 0]])
+    close(ru.masked_mean(x, mask), -7.0)
+    close(ru.masked_var(x, mask), 0.0)
+    close(ru.masked_whiten(x, mask), [[0.0, 0.0, 0.0]])
+    close(ru.masked_whiten(x, mask, shift_mean=False), [[0.0, -7.0, 0.0]])
+    close(ru.masked_mean(x, T([[0, 0, 0]])), 0.0)  # an empty mask gives 0, not NaN
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_masked_whiten(seed, shift_mean):
+    rng = random.Random(seed)
+    mask = ragged_mask(rng, 5, 6, holes=True)
+    x = randn(rng, 5, 6, scale=3.0)
+    mean, var = ref_masked_mean(x, mask), ref_masked_var(x, mask)
+    eps = 1e-8
+    expected = [[((v - mean) / math.sqrt(var + eps) + (0.0 if shift_mean else mean)) * m
+                 for v, m in zip(xr, mr)] for xr, mr in zip(x, mask)]
+    out = ru.masked_whiten(T(x), T(mask), shift_mean=shift_mean)
+    close(out, expected)
+    # properties: masked mean 0 (or the original mean kept), masked variance ~1, 0 outside the mask
+    out_list = out.tolist()
+    close(torch.tensor(ref_masked_mean(out_list, mask)), 0.0 if shift_mean else mean)
+    close(torch.tensor(ref_masked_var(out_list, mask)), 1.0, tol=1e-6)
+    assert all(v == 0 for vr, mr in zip(out_list, mask) for v, m in zip(vr, mr) if not m)
+
+
+# ---------------------------------------------------------------------------
+# Rewards and GAE
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05, 0.7])
+def test_compute_rewards(seed, kl_coef):
+    rng = random.Random(seed)
+    B, L = 6, 8
+    mask = ragged_mask(rng, B, L)
+    logprobs, ref_logprobs = randn(rng, B, L), randn(rng, B, L)
+    scores = randn(rng, B, scale=3.0)
+    exp_rewards, exp_kl = [], []
+    for b in range(B):
+        kl_row = [(logprobs[b][t] - ref_logprobs[b][t]) if mask[b][t] else 0.0 for t in range(L)]
+        reward_row = [-kl_coef * k for k in kl_row]
+        masked = [t for t in range(L) if mask[b][t]]
+        if masked:  # the score is added on the last response token only
+            reward_row[masked[-1]] += scores[b]
+        exp_rewards.append(reward_row)
+        exp_kl.append(kl_row)
+    rewards, kl = ru.compute_rewards(T(scores), T(logprobs), T(ref_logprobs), T(mask), kl_coef)
+    close(kl, exp_kl)
+    close(rewards, exp_rewards)
+    # the row without tokens gets nothing at all (no score dropped on a padding position)
+    assert rewards[1].abs().sum() == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (0.99, 0.0), (1.0, 1.0), (0.5, 1.0)])
+@pytest.mark.parametrize("holes", [False, True])
+def test_compute_gae(seed, gamma, lam, holes):
+    rng = random.Random(seed)
+    B, L = 7, 9
+    mask = ragged_mask(rng, B, L, holes=holes)
+    values, rewards = randn(rng, B, L), randn(rng, B, L)
+    exp_adv, exp_ret = ref_compute_gae(values, rewards, mask, gamma, lam)
+    adv, ret = ru.compute_gae(T(values), T(rewards), T(mask), gamma, lam)
+    close(adv, exp_adv)
+    close(ret, exp_ret)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gae_special_cases(seed):
+    """lam=0 is one-step TD; lam=1, gamma=1 is Monte Carlo: future rewards minus V_t."""
+    rng = random.Random(seed)
+    B, L = 6, 8
+    mask = ragged_mask(rng, B, L, holes=True)
+    values, rewards = randn(rng, B, L), randn(rng, B, L)
+    td, mc = [], []
+    for b in range(B):
+        masked = [t for t in range(L) if mask[b][t]]
+        td_row, mc_row = [0.0] * L, [0.0] * L
+        for i, t in enumerate(masked):
+            next_v = values[b][masked[i + 1]] if i + 1 < len(masked) else 0.0
+            td_row[t] = rewards[b][t] + 0.9 * next_v - values[b][t]
+            mc_row[t] = sum(rewards[b][s] for s in masked[i:]) - values[b][t]
+        td.append(td_row)
+        mc.append(mc_row)
+    close(ru.compute_gae(T(values), T(rewards), T(mask), gamma=0.9, lam=0.0)[0], td)
+    adv, ret = ru.compute_gae(T(values), T(rewards), T(mask), gamma=1.0, lam=1.0)
+    close(adv, mc)
+    # Monte Carlo returns are the reward-to-go, independent of the values
+    close(ret, [[sum(rewards[b][s] for s in range(t, L) if mask[b][s]) if mask[b][t] else 0.0
+                 for t in range(L)] for b in range(B)])
+
+
+def test_gae_worked_example():
+    """Numbers checkable by hand: rewards (0, 0, 1), values (0.5, 0.5, 0.5), gamma = lam = 1."""
+    adv, ret = ru.compute_gae(T([[0.5, 0.5, 0.5, 9.0]]), T([[0.0, 0.0, 1.0, 9.0]]), T([[1, 1, 1, 0]]), 1.0, 1.0)
+    close(adv, [[0.5, 0.5, 0.5, 0.0]])
+    close(ret, [[1.0, 1.0, 1.0, 0.0]])
+
+
+# ---------------------------------------------------------------------------
+# PPO losses
+
+def ref_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
+    losses, clipped_flags, kls, ratios, grads, count = [], [], [], [], [], 0
+    for b in range(len(mask)):
+        grad_row = []
+        for t in range(len(mask[b])):
+            ratio = math.exp(logprobs[b][t] - old_logprobs[b][t])
+            a = advantages[b][t]
+            unclipped = -a * ratio
+            clipped = -a * clip(ratio, 1 - eps, 1 + eps)
+            # d/dlogprob of max(...): -A*ratio on the unclipped branch, 0 on the clipped (constant) one
+            grad_row.append(-a * ratio if (unclipped >= clipped and mask[b][t]) else 0.0)
+            if mask[b][t]:
+                count += 1
+                losses.append(max(unclipped, clipped))
+                clipped_flags.append(1.0 if clipped > unclipped else 0.0)
+                kls.append((ratio - 1) - math.log(ratio))
+                ratios.append(ratio)
+        grads.append(grad_row)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    grads = [[g / count for g in row] for row in grads]
+    return mean(losses), mean(clipped_flags), mean(kls), mean(ratios), grads
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("eps", [0.1, 0.2])
+def test_ppo_policy_loss(seed, eps):
+    rng = random.Random(seed)
+    B, L = 6, 7
+    mask = ragged_mask(rng, B, L, holes=True)
+    old = randn(rng, B, L)
+    new = [[o + rng.gauss(0, 0.3) for o in row] for row in old]  # ratios spread around 1, many clipped
+    advantages = randn(rng, B, L)
+    exp_loss, exp_clipfrac, exp_kl, exp_ratio, exp_grad = ref_policy_loss(new, old, advantages, mask, eps)
+    logprobs = T(new).requires_grad_(True)
+    loss, stats = ru.ppo_policy_loss(logprobs, T(old), T(advantages), T(mask), eps)
+    close(loss, exp_loss)
+    close(stats["clipfrac"], exp_clipfrac)
+    close(stats["approx_kl"], exp_kl)
+    close(stats["ratio_mean"], exp_ratio)
+    assert 0 < exp_clipfrac < 1  # the inputs exercise both branches
+    loss.backward()
+    close(logprobs.grad, exp_grad)
+
+
+def test_policy_gradient_vanishes_where_ratio_clipped_pessimistically():
+    eps = 0.2
+    # A > 0 and ratio above 1 + eps, or A < 0 and ratio below 1 - eps: no gradient (the update already went far enough)
+    # A > 0 and ratio below 1 - eps, or A < 0 and ratio above 1 + eps: the gradient stays (it pulls back)
+    ratios = [1.5, 0.5, 0.5, 1.5, 1.1, 0.9]
+    advantages = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
+    should_flow = [False, False, True, True, True, True]
+    logprobs = torch.tensor([[math.log(r) for r in ratios]], dtype=torch.float64, requires_grad=True)
+    loss, stats = ru.ppo_policy_loss(logprobs, torch.zeros(1, 6, dtype=torch.float64), T([advantages]),
+                                     torch.ones(1, 6), eps)
+    loss.backward()
+    for g, flows, a, r in zip(logprobs.grad[0].tolist(), should_flow, advantages, ratios):
+        if flows:
+            assert g == pytest.approx(-a * r / 6), (a, r)
+        else:
+            assert g == 0.0, (a, r)
+    close(stats["clipfrac"], 2 / 6)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("eps", [0.05, 0.2])
+def test_ppo_value_loss(seed, eps):
+    rng = random.Random(seed)
+    B, L = 5, 6
+    mask = ragged_mask(rng, B, L, holes=True)
+    old_values, returns = randn(rng, B, L), randn(rng, B, L)
+    values = [[o + rng.gauss(0, 0.3) for o in row] for row in old_values]
+    losses, flags = [], []
+    for b in range(B):
+        for t in range(L):
+            if mask[b][t]:
+                v, v_old, ret = values[b][t], old_values[b][t], returns[b][t]
+                v_clipped = v_old + clip(v - v_old, -eps, eps)
+                losses.append(max((v - ret) ** 2, (v_clipped - ret) ** 2))
+                flags.append(1.0 if (v_clipped - ret) ** 2 > (v - ret) ** 2 else 0.0)
+    loss, stats = ru.ppo_value_loss(T(values), T(old_values), T(returns), T(mask), eps)
+    close(loss, 0.5 * sum(losses) / len(losses))
+    close(stats["clipfrac"], sum(flags) / len(flags))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_explained_variance(seed):
+    rng = random.Random(seed)
+    mask = ragged_mask(rng, 5, 6, holes=True)
+    returns = randn(rng, 5, 6, scale=2.0)
+    values = [[r + rng.gauss(0, 1.0) for r in row] for row in returns]
+    residual = [[r - v for r, v in zip(rr, vr)] for rr, vr in zip(returns, values)]
+    expected = 1 - ref_masked_var(residual, mask) / ref_masked_var(returns, mask)
+    close(ru.explained_variance(T(values), T(returns), T(mask)), expected)
+    close(ru.explained_variance(T(returns), T(returns), T(mask)), 1.0)  # perfect values
+
+
+# ---------------------------------------------------------------------------
+# KL controllers and reward-model losses
+
+def test_adaptive_kl_controller():
+    init, target, horizon = 0.1, 6.0, 1000
+    ctl = ru.AdaptiveKLController(init, target, horizon)
+    expected = init
+    # below target, far below (clipped at -0.2), above, far above (clipped at +0.2), at target
+    for kl, n in [(3.0, 64), (0.0, 256), (7.5, 128), (60.0, 100), (6.0, 500), (-5.0, 32)]:
+        ctl.update(kl, n)
+        error = clip(kl / target - 1, -0.2, 0.2)
+        expected *= 1 + error * n / horizon
+        assert ctl.value == pytest.approx(expected, rel=1e-12)
+    # the clip: a huge KL moves beta by exactly 20% per horizon of steps
+    ctl = ru.AdaptiveKLController(1.0, 1.0, 100)
+    ctl.update(1e6, 100)
+    assert ctl.value == pytest.approx(1.2)
+    ctl.update(0.0, 50)
+    assert ctl.value == pytest.approx(1.2 * 0.9)
+    restored = ru.AdaptiveKLController(0.5, 1.0, 100)
+    restored.load_state_dict(ctl.state_dict())
+    assert restored.value == ctl.value
+
+
+def test_fixed_kl_controller():
+    ctl = ru.FixedKLController(0.3)
+    for kl in (0.0, 100.0, 3.0):
+        ctl.update(kl, 1000)
+    assert ctl.value == 0.3
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bce_reward_loss(seed):
+    rng = random.Random(seed)
+    rewards = randn(rng, 9, scale=3.0)
+    labels = [rng.randrange(2) for _ in range(9)]
+    terms = [-(y * math.log(sigmoid(r)) + (1 - y) * math.log(sigmoid(-r))) for r, y in zip(rewards, labels)]
+    close(ru.bce_reward_loss(T(rewards), torch.tensor(labels)), sum(terms) / len(terms))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_pairwise_reward_loss(seed):
+    rng = random.Random(seed)
+    chosen, rejected = randn(rng, 8, scale=3.0), randn(rng, 8, scale=3.0)
+    terms = [-math.log(sigmoid(c - r)) for c, r in zip(chosen, rejected)]
+    close(ru.pairwise_reward_loss(T(chosen), T(rejected)), sum(terms) / len(terms))
+    # only the difference matters
+    shifted = ru.pairwise_reward_loss(T(chosen) + 5, T(rejected) + 5)
+    close(shifted, sum(terms) / len(terms))
