@@ -136,6 +136,7 @@ class BaseConfig:
     model_name: str = param("gpt2", "hub name or local folder of the model this notebook starts from")
     dataset_name: str = param("stanfordnlp/sst2", "hub name, or local folder with train/validation files (.jsonl, .csv or .parquet) holding `sentence` and `label`")
     output_dir: str = param("outputs", "folder for everything this series writes (models, checkpoints, figures)")
+    figures_dir: str = param("", "folder where the notebooks also save their key figures as PNG ('' = do not save them)")
     seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)")
     device: str = param("auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'")
     precision: str = param("auto", "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'")
@@ -277,7 +278,8 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                           eval_prompts=128, samples_every=10, checkpoint_every=10),
     },
     "cpu": {
-        "*": dict(output_dir="outputs/cpu", model_name="{output_dir}/base_model", precision="auto"),
+        "*": dict(output_dir="outputs/cpu", model_name="{output_dir}/base_model", precision="auto",
+                  figures_dir="images/cpu_profile"),
         "SFTConfig": dict(batch_size=64, learning_rate=2e-3, warmup_ratio=0.02, num_epochs=1.0,
                           eval_every=200, num_eval_generations=128),
         "RMConfig": dict(model_name="{output_dir}/sft_model", batch_size=64, learning_rate=5e-4,
@@ -1129,6 +1131,16 @@ def score_responses(reward_model: ScalarHeadModel, prompt_ids: torch.Tensor, pro
     return reward_model.score(input_ids, attention_mask)  # (B,)
 
 
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Distinct-n: distinct word n-grams / all word n-grams over the texts (each text's own n-grams; 0 if none).
+
+    1.0 = no n-gram repeats anywhere; a policy that collapses onto a few phrases scores near 0.
+    Words are whitespace-separated, as in SST-2's tokenised text.
+    """
+    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
 @torch.no_grad()
 def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadModel, tokenizer: Any,
                     prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
@@ -1140,7 +1152,7 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
     reward-model score, whether it ends with EOS, the KL to `ref_lm` (sum over response tokens of
     log pi - log pi_ref, at `temperature`) and the reference's negative log-likelihood at temperature 1.
     Summary: mean score, share with score > 0, mean KL, reference perplexity exp(total NLL / tokens),
-    share ending with EOS, mean response length.
+    share ending with EOS, mean response length, distinct-2 of the responses (`distinct_n`).
     """
     import pandas as pd
     device = next(lm.parameters()).device
@@ -1183,6 +1195,7 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
         "ref_perplexity": math.exp(table["ref_nll"].sum() / max(1, table["length"].sum())),
         "eos_share": float(table["ends_with_eos"].mean()),
         "response_length": float(table["length"].mean()),
+        "distinct_2": distinct_n(table["response"], 2),
     }
     return summary, table
 
@@ -1406,6 +1419,15 @@ def plot_history(history: History, keys: Sequence[str], title: str = "", ncols: 
     return fig
 
 
+def save_figure(fig: "plt.Figure", figures_dir: str, name: str) -> Path | None:
+    """Save `fig` as {figures_dir}/{name}.png when figures_dir is set (the cpu profile sets it); else do nothing."""
+    if not figures_dir:
+        return None
+    path = check_writable(figures_dir) / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
 # -----------------------------------------------------------------------------
 # Checkpoints. A checkpoint is a folder with a manifest (checkpoint.json) listing every file's size
 # and SHA-256. It is written under a temporary name and renamed into place, so the folder at the
@@ -1591,7 +1613,7 @@ PPO_TRAINING_STATE = "training_state.pt"
 PPO_BOOKKEEPING_FIELDS = {"profile", "output_dir", "model_name", "device", "precision", "require_cuda",
                           "push_to_hub", "hub_repo_id", "sft_model_dir", "reward_model_dir", "policy_dir",
                           "checkpoint_dir", "num_iterations", "eval_prompts", "log_every", "samples_every",
-                          "checkpoint_every", "resume"}
+                          "checkpoint_every", "resume", "figures_dir"}
 
 
 def folder_fingerprint(folder: str | Path) -> str:
