@@ -282,10 +282,16 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
                   figures_dir="images/cpu_profile"),
         "SFTConfig": dict(batch_size=64, learning_rate=2e-3, warmup_ratio=0.02, num_epochs=1.0,
                           eval_every=200, num_eval_generations=128),
-        "RMConfig": dict(model_name="{output_dir}/sft_model", batch_size=64, learning_rate=5e-4,
+        # The reward model's trunk starts from the random base model: a 1.3M-parameter SFT model that read SST-2 once
+        # gave it nothing to reuse (validation accuracy from the SFT trunk 79.1 / 78.9 %, from the base model
+        # 80.7 / 81.4 %, seeds 0 / 1 in the tuning runs). The full profile keeps the usual start, pretrained GPT-2.
+        "RMConfig": dict(batch_size=64, learning_rate=1e-3, lr_schedule="cosine", warmup_ratio=0.1,
                          num_epochs=1.0, compare_max_steps=150, eval_every=200, norm_samples=2000),
-        "PPOConfig": dict(require_cuda=False, num_iterations=40, batch_size=128, minibatch_size=32,
-                          response_length=24, learning_rate=1e-4, eval_prompts=0),
+        # A fixed KL coefficient of 0.12: 92 % of held-out responses turn positive with distinct-2 0.78 (README);
+        # at 0.03 the share was 97 % but distinct-2 fell to 0.50, strings of positive adjectives (reward hacking).
+        "PPOConfig": dict(require_cuda=False, num_iterations=120, batch_size=128, minibatch_size=32,
+                          response_length=24, learning_rate=2e-4, init_kl_coef=0.12, adaptive_kl=False,
+                          vf_coef=1.0, eval_prompts=0, samples_every=30, checkpoint_every=30),
     },
 }
 ALL_CONFIGS: tuple[type, ...] = (SFTConfig, RMConfig, PPOConfig)

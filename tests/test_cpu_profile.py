@@ -51,7 +51,7 @@ def test_cpu_profile_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     environ = {"RLHF_PROFILE": "cpu"}
     sft, rm, ppo = (ru.make_config(cls, environ) for cls in (ru.SFTConfig, ru.RMConfig, ru.PPOConfig))
     assert {c.profile for c in (sft, rm, ppo)} == {"cpu"}
-    assert sft.model_name == "outputs/cpu/base_model" and rm.model_name == "outputs/cpu/sft_model"
+    assert sft.model_name == rm.model_name == "outputs/cpu/base_model"  # the reward model starts from the base model too
     assert ppo.sft_model_dir == "outputs/cpu/sft_model" and ppo.reward_model_dir == "outputs/cpu/reward_model"
     assert sft.dataset_name == "stanfordnlp/sst2"  # real SST-2 (RLHF_DATASET points at a local copy)
     assert sft.figures_dir == "images/cpu_profile" and not ru.make_config(ru.SFTConfig, {}).figures_dir
@@ -107,7 +107,8 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
         monkeypatch.delenv(name)  # e.g. CI's RLHF_SMOKE=1, which would contradict RLHF_PROFILE=cpu
     env = {"RLHF_PROFILE": "cpu", "RLHF_DATASET": str(data), "RLHF_OUTPUT_DIR": str(out),
-           "RLHF_FIGURES_DIR": str(figures), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg", **TINY_SLICE}
+           "RLHF_FIGURES_DIR": str(figures), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": "1", **TINY_SLICE}  # one thread: tiny matrices, and no spin-waiting on a busy machine
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for notebook in NOTEBOOKS:  # in order: each reads what the one before saved
@@ -120,13 +121,13 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     assert sft_meta["profile"] == "cpu" and sft_meta["base_model"] == str(out / "base_model")
     sft = ru.load_causal_lm(str(out / "sft_model"))
     reward_model, reward_tokenizer, info = ru.load_reward_model(out / "reward_model")
-    assert info["profile"] == "cpu" and info["trained_from"] == str(out / "sft_model")
+    assert info["profile"] == "cpu" and info["trained_from"] == str(out / "base_model")
     assert info["reward_std"] > 0 and abs(info["reward_mean"]) < 1e3
     policy = ru.load_causal_lm(str(out / "ppo_policy"))
     for other in (ru.load_tokenizer(str(out / "sft_model")), reward_tokenizer, ru.load_tokenizer(str(out / "ppo_policy"))):
         ru.check_same_vocabulary(tokenizer, other)  # raises when the token ids mean other words
     assert sft.config.vocab_size == policy.config.vocab_size == reward_model.config.vocab_size
-    # the reward model's trunk started from the SFT model, the PPO policy from the SFT model
+    # one architecture throughout: the reward model's trunk and the PPO policy have the base model's shape
     assert reward_model.config.n_layer == sft.config.n_layer == policy.config.n_layer
     assert not torch.equal(sft.transformer.wte.weight, policy.transformer.wte.weight)  # PPO changed the policy
 
