@@ -872,7 +872,7 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     with autocast:  # logits_to_keep=1: only the last position's logits are needed, not (B, P, V)
         out = lm(input_ids=prompt_ids, attention_mask=attention_mask_4d(lm, attention_mask),
                  position_ids=positions_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
-    past, next_logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+    cache, next_logits = out.cache, out.logits[:, -1]  # the KV cache, and (B, V)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
     tokens, masks = [], []
@@ -887,8 +887,8 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         with autocast:  # the new token attends to every real token so far: a (B, 1, 1, K) mask
             out = lm(input_ids=token[:, None], attention_mask=attention_mask_4d(lm, attention_mask, query_length=1),
-                     position_ids=next_position, past_key_values=past, use_cache=True)
-        past, next_logits = out.past_key_values, out.logits[:, -1]
+                     position_ids=next_position, cache=cache, use_cache=True)
+        cache, next_logits = out.cache, out.logits[:, -1]
         next_position = next_position + 1
     responses = torch.stack(tokens, dim=1)  # (B, R)
     response_mask = torch.stack(masks, dim=1).long()  # (B, R)

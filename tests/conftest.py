@@ -2,8 +2,11 @@
 
 Nothing here touches outputs/ or the real SST-2: every asset is built by rlhf_utils itself.
 """
+import logging
 import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 
 # Before anything imports transformers/datasets: they read HF_HUB_OFFLINE once, at import time.
@@ -17,6 +20,88 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Deprecations: a test fails when one of the project's own calls into transformers, datasets, torch (or
+# the other Hugging Face libraries) makes that library warn that the call is deprecated, so the next
+# removal is seen the day its warning appears, not the day a fresh install breaks the notebooks.
+
+LIBRARIES = ("transformers", "datasets", "torch", "huggingface_hub", "tokenizers", "safetensors")
+PROJECT_FILES = (ROOT / "rlhf_utils.py", ROOT / "smoke_data.py", ROOT / "benchmarks", ROOT / "tests")
+
+
+def _in_library(filename: str) -> bool:
+    """True for a source file of one of LIBRARIES, as installed (site-packages or dist-packages)."""
+    parts = Path(filename).parts
+    return bool({"site-packages", "dist-packages"} & set(parts)) and any(name in parts for name in LIBRARIES)
+
+
+def _from_project(stack: list) -> bool:
+    """True when a frame of the call stack belongs to the project (its module, benchmarks or tests)."""
+    return any(Path(frame.filename).resolve().is_relative_to(p) for frame in stack for p in PROJECT_FILES
+               if "site-packages" not in frame.filename)
+
+
+def _is_deprecation(category: type, message: str) -> bool:
+    return issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) or "deprecat" in message.lower()
+
+
+class DeprecationGuard:
+    """Collects deprecation warnings that a library raised inside a call made by the project's code.
+
+    Python warnings are seen while they are raised (the call stack is still there); transformers also
+    announces some deprecations through its logger, which is watched too.
+    """
+
+    def __init__(self) -> None:
+        self.found: list[str] = []
+
+    def _showwarning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        stack = traceback.extract_stack()[:-1]
+        if _is_deprecation(category, str(message)) and _in_library(filename) and _from_project(stack):
+            caller = next(f for f in reversed(stack) if _from_project([f]))
+            self.found.append(f"{category.__name__}: {message} ({filename}:{lineno}; called from "
+                              f"{caller.filename}:{caller.lineno})")
+        else:  # everything else goes where it went before (pytest's warning summary)
+            warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
+
+    def emit(self, record: logging.LogRecord) -> None:  # a logging.Handler's method, for transformers' logger
+        text = record.getMessage()
+        if "deprecat" in text.lower() and _from_project(traceback.extract_stack()):
+            self.found.append(f"transformers log: {text}")
+
+    def __enter__(self) -> "DeprecationGuard":
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        for category in (DeprecationWarning, PendingDeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("always", category)
+        warnings.showwarning = self._showwarning
+        self._handler = logging.Handler()
+        self._handler.emit = self.emit
+        logging.getLogger("transformers").addHandler(self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("transformers").removeHandler(self._handler)
+        self._warnings.__exit__(*exc)
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_calls():
+    """Fail the test when the project's code made a library warn about a deprecated call."""
+    with DeprecationGuard() as guard:
+        yield guard
+    if guard.found:
+        pytest.fail("deprecated calls into a library:\n" + "\n".join(dict.fromkeys(guard.found)), pytrace=False)
+
+
+# transformers' logger must stay at WARNING in the tests, so that its deprecation notices reach the guard
+# (rlhf_utils turns it down to ERROR in the notebooks, where such chatter would only distract).
+import transformers  # noqa: E402
+
+transformers.logging.set_verbosity_warning()
+transformers.logging.set_verbosity_error = lambda: None
+
 
 # One thread: the models here are tiny, and on a busy 2-core machine two OpenMP threads that
 # spin-wait for each other made the PPO test 10-40x slower (measured: 4 s vs 55 s).
