@@ -72,6 +72,7 @@ import inspect  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import random  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
 import typing  # noqa: E402
@@ -115,11 +116,17 @@ class TrainingDivergedError(RLHFError, FloatingPointError):
 
 ENV_PREFIX = "RLHF_"
 PROFILE_NAMES = ("full", "cpu", "smoke")
+HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # what the hub accepts as a repo id: "owner/name"
 
 
-def param(default: Any, help: str) -> Any:
-    """A dataclass field with a default and a one-line explanation, shown by `show_config`."""
-    return field(default=default, metadata={"help": help})
+def param(default: Any, help: str, bounds: str | None = None, choices: Sequence[str] | None = None,
+          nonempty: bool = False) -> Any:
+    """A dataclass field with a default, a one-line explanation (shown by `config_table`) and what values it accepts.
+
+    bounds: an interval such as "(0, 1)" or "[1, inf)" for numbers; choices: the allowed strings;
+    nonempty: a string that must not be empty. `BaseConfig.__post_init__` checks every field against these.
+    """
+    return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices, "nonempty": nonempty})
 
 
 def _check(condition: bool, message: str) -> None:
@@ -128,139 +135,171 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _in_bounds(value: float, bounds: str) -> bool:
+    """Whether `value` lies in an interval written like "(0, 1]" or "[1, inf)"."""
+    low, high = (float(part) for part in bounds[1:-1].split(","))
+    above = value > low if bounds[0] == "(" else value >= low
+    below = value < high if bounds[-1] == ")" else value <= high
+    return above and below
+
+
+def check_field(f: dataclasses.Field, value: Any, kind: type) -> None:
+    """Raise a ConfigError, with the value given and the accepted ones, unless `value` fits field `f`."""
+    meta = f.metadata
+    where = f"{f.name}={value!r}"
+    how = f" Change it in the Configuration cell or with {ENV_PREFIX}{f.name.upper()}."
+    if kind is bool:
+        _check(isinstance(value, bool), f"{where}: must be True or False.{how}")
+        return
+    if kind in (int, float):
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool) and (kind is float or float(value).is_integer()),
+               f"{where}: must be {'an integer' if kind is int else 'a number'}.{how}")
+        _check(math.isfinite(value), f"{where}: must be a finite number.{how}")
+        if meta["bounds"] is not None:
+            _check(_in_bounds(value, meta["bounds"]), f"{where}: must be in {meta['bounds']} ({meta['help']}).{how}")
+        return
+    _check(isinstance(value, str), f"{where}: must be a string.{how}")
+    if meta["nonempty"]:
+        _check(value.strip() != "", f"{f.name} is empty: {meta['help']}.{how}")
+    if meta["choices"] is not None:
+        _check(value in meta["choices"], f"{where}: use one of {tuple(meta['choices'])}.{how}")
+
+
+def _check_list(name: str, text: str, kind: Callable[[str], Any], what: str) -> list:
+    """Parse a '|'-separated setting, naming it and its value when a part does not parse."""
+    try:
+        parts = split_list(text, kind)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: must be {what}, separated by '|'.") from None
+    _check(len(parts) > 0, f"{name}={text!r}: give at least one value ({what}, separated by '|').")
+    return parts
+
+
 @dataclass
 class BaseConfig:
     """Settings every notebook shares."""
 
-    profile: str = param("full", "preset of sizes: 'full' (GPT-2 small, GPU), 'cpu' (small GPT-2 from scratch on real SST-2), 'smoke' (tiny, offline, for CI)")
-    model_name: str = param("gpt2", "hub name or local folder of the model this notebook starts from")
-    dataset_name: str = param("stanfordnlp/sst2", "hub name, or local folder with train/validation files (.jsonl, .csv or .parquet) holding `sentence` and `label`")
-    output_dir: str = param("outputs", "folder for everything this series writes (models, checkpoints, figures)")
+    profile: str = param("full", "preset of sizes: 'full' (GPT-2 small, GPU), 'cpu' (small GPT-2 from scratch on real SST-2), 'smoke' (tiny, offline, for CI)", choices=PROFILE_NAMES)
+    model_name: str = param("gpt2", "hub name or local folder of the model this notebook starts from", nonempty=True)
+    dataset_name: str = param("stanfordnlp/sst2", "hub name, or local folder with train/validation files (.jsonl, .csv or .parquet) holding `sentence` and `label`", nonempty=True)
+    output_dir: str = param("outputs", "folder for everything this series writes (models, checkpoints, figures)", nonempty=True)
     figures_dir: str = param("", "folder where the notebooks also save their key figures as PNG ('' = do not save them)")
-    seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)")
-    device: str = param("auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'")
-    precision: str = param("auto", "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'")
-    max_length: int = param(64, "longest training sequence in tokens, EOS included; longer sentences are cut")
+    seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)", bounds="[0, 4294967295]")
+    device: str = param("auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'", choices=("auto", "cuda", "cpu"))
+    precision: str = param("auto", "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'", choices=("auto", "bf16", "fp16", "fp32"))
+    max_length: int = param(64, "longest training sequence in tokens, EOS included; longer sentences are cut", bounds="[8, 1024]")
     push_to_hub: bool = param(False, "also upload the saved model to the Hugging Face hub (needs HF_TOKEN or Colab's secret)")
     hub_repo_id: str = param("", "hub repository for push_to_hub, e.g. 'your-name/gpt2-sst2-sft'")
 
     def __post_init__(self) -> None:
-        _check(self.profile in PROFILE_NAMES, f"profile={self.profile!r}: choose one of {PROFILE_NAMES}.")
-        _check(self.device in ("auto", "cuda", "cpu"), f"device={self.device!r}: use 'auto', 'cuda' or 'cpu'.")
-        _check(self.precision in ("auto", "bf16", "fp16", "fp32"), f"precision={self.precision!r}: use 'auto', 'bf16', 'fp16' or 'fp32'.")
-        _check(8 <= self.max_length <= 1024, f"max_length={self.max_length}: use 8..1024 tokens (GPT-2 knows 1024 positions).")
-        _check(not self.push_to_hub or "/" in self.hub_repo_id, "push_to_hub=True needs hub_repo_id='your-name/model-name'.")
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            check_field(f, getattr(self, f.name), {"int": int, "float": float, "bool": bool}.get(hints[f.name].__name__, str))
+        _check(not self.hub_repo_id or HUB_REPO_ID.fullmatch(self.hub_repo_id) is not None,
+               f"hub_repo_id={self.hub_repo_id!r}: use the form 'your-name/model-name'.")
+        _check(not self.push_to_hub or self.hub_repo_id != "", "push_to_hub=True needs hub_repo_id='your-name/model-name'.")
 
 
 @dataclass
 class SFTConfig(BaseConfig):
     """Every hyperparameter of 1-SFT.ipynb."""
 
-    batch_size: int = param(32, "sentences per optimisation step")
-    learning_rate: float = param(5e-5, "peak AdamW learning rate")
-    lr_schedule: str = param("cosine", "decay after warmup: 'cosine', 'linear' or 'constant'")
-    warmup_ratio: float = param(0.03, "share of the steps spent warming the learning rate up from 0")
-    num_epochs: float = param(1.0, "passes over the training sentences (fractions allowed)")
-    weight_decay: float = param(0.01, "AdamW weight decay on matrices (not on biases and LayerNorm gains)")
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
-    max_train_samples: int = param(0, "use only this many training sentences (0 = all)")
-    eval_every: int = param(400, "validate every this many steps")
-    num_eval_generations: int = param(128, "validation prompts sampled to measure how often samples end with EOS")
-    sample_max_new_tokens: int = param(40, "most tokens a sample may add to its prompt")
-    sample_temperature: float = param(1.0, "sampling temperature for the samples (1.0 = the model's own distribution)")
-    sample_prompts: str = param("the film|this movie is|i found the acting|the director|it 's a|the story", "fixed prompts sampled before and after training, separated by '|'")
+    batch_size: int = param(32, "sentences per optimisation step", bounds="[1, inf)")
+    learning_rate: float = param(5e-5, "peak AdamW learning rate", bounds="(0, 1)")
+    lr_schedule: str = param("cosine", "decay after warmup: 'cosine', 'linear' or 'constant'", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = param(0.03, "share of the steps spent warming the learning rate up from 0", bounds="[0, 1)")
+    num_epochs: float = param(1.0, "passes over the training sentences (fractions allowed)", bounds="(0, 1000]")
+    weight_decay: float = param(0.01, "AdamW weight decay on matrices (not on biases and LayerNorm gains)", bounds="[0, 1)")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
+    max_train_samples: int = param(0, "use only this many training sentences (0 = all)", bounds="[0, inf)")
+    eval_sentences: int = param(0, "validation sentences for the validation loss (0 = all); fewer make short checks faster", bounds="[0, inf)")
+    eval_every: int = param(400, "validate every this many steps", bounds="[1, inf)")
+    num_eval_generations: int = param(128, "validation prompts sampled to measure how often samples end with EOS", bounds="[1, inf)")
+    sample_max_new_tokens: int = param(40, "most tokens a sample may add to its prompt", bounds="[1, 1024]")
+    sample_temperature: float = param(1.0, "sampling temperature for the samples (1.0 = the model's own distribution)", bounds="(0, 100]")
+    sample_prompts: str = param("the film|this movie is|i found the acting|the director|it 's a|the story", "fixed prompts sampled before and after training, separated by '|'", nonempty=True)
+    save_worse_model: bool = param(False, "save the model even when its validation loss ended worse than at the start, than its best, or than the model already saved")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.batch_size >= 1, f"batch_size={self.batch_size}: must be at least 1.")
-        _check(0 < self.learning_rate < 1, f"learning_rate={self.learning_rate}: must be in (0, 1).")
-        _check(self.lr_schedule in ("cosine", "linear", "constant"), f"lr_schedule={self.lr_schedule!r}: use 'cosine', 'linear' or 'constant'.")
-        _check(0 <= self.warmup_ratio < 1, f"warmup_ratio={self.warmup_ratio}: must be in [0, 1).")
-        _check(self.num_epochs > 0, f"num_epochs={self.num_epochs}: must be positive.")
-        _check(self.weight_decay >= 0 and self.max_grad_norm > 0, "weight_decay must be >= 0 and max_grad_norm > 0.")
-        _check(self.eval_every >= 1 and self.max_train_samples >= 0, "eval_every must be >= 1 and max_train_samples >= 0.")
-        _check(self.sample_temperature > 0, f"sample_temperature={self.sample_temperature}: must be positive.")
+        _check_list("sample_prompts", self.sample_prompts, str, "prompts")
 
 
 @dataclass
 class RMConfig(BaseConfig):
     """Every hyperparameter of 2-RM Training.ipynb."""
 
-    loss: str = param("bce", "'bce' (binary cross-entropy on the label) or 'pairwise' (Bradley-Terry on positive-vs-negative pairs)")
+    loss: str = param("bce", "'bce' (binary cross-entropy on the label) or 'pairwise' (Bradley-Terry on positive-vs-negative pairs)", choices=("bce", "pairwise"))
     compare_losses: bool = param(True, "also train a model with the other loss on the same data and steps, and compare")
-    compare_max_steps: int = param(400, "steps for each model of the loss comparison")
-    batch_size: int = param(32, "sentences per step (pairs per step for the pairwise loss: batch_size / 2)")
-    learning_rate: float = param(3e-5, "peak AdamW learning rate")
-    lr_schedule: str = param("linear", "decay after warmup: 'cosine', 'linear' or 'constant'")
-    warmup_ratio: float = param(0.05, "share of the steps spent warming the learning rate up from 0")
-    num_epochs: float = param(2.0, "passes over the training sentences (fractions allowed)")
-    weight_decay: float = param(0.01, "AdamW weight decay on matrices")
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
-    max_train_samples: int = param(0, "use only this many training sentences (0 = all)")
-    eval_every: int = param(500, "validate every this many steps")
-    prefix_lengths: str = param("2|4|8|16", "prefix lengths in tokens for the truncated-sentence accuracy, separated by '|'")
-    norm_samples: int = param(4000, "training sentences scored to record the reward's mean and standard deviation")
+    compare_max_steps: int = param(400, "steps for each model of the loss comparison", bounds="[1, inf)")
+    batch_size: int = param(32, "sentences per step (pairs per step for the pairwise loss: batch_size / 2)", bounds="[2, inf)")
+    learning_rate: float = param(3e-5, "peak AdamW learning rate", bounds="(0, 1)")
+    lr_schedule: str = param("linear", "decay after warmup: 'cosine', 'linear' or 'constant'", choices=("cosine", "linear", "constant"))
+    warmup_ratio: float = param(0.05, "share of the steps spent warming the learning rate up from 0", bounds="[0, 1)")
+    num_epochs: float = param(2.0, "passes over the training sentences (fractions allowed)", bounds="(0, 1000]")
+    weight_decay: float = param(0.01, "AdamW weight decay on matrices", bounds="[0, 1)")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
+    max_train_samples: int = param(0, "use only this many training sentences (0 = all)", bounds="[0, inf)")
+    eval_sentences: int = param(0, "validation sentences scored during and after training (0 = all); fewer make short checks faster", bounds="[0, inf)")
+    eval_every: int = param(500, "validate every this many steps", bounds="[1, inf)")
+    prefix_lengths: str = param("2|4|8|16", "prefix lengths in tokens for the truncated-sentence accuracy, separated by '|'", nonempty=True)
+    norm_samples: int = param(4000, "training sentences scored to record the reward's mean and standard deviation", bounds="[2, inf)")
+    save_worse_model: bool = param(False, "save the model even when its validation AUC ended worse than at the start, than its best, or than the model already saved")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.loss in ("bce", "pairwise"), f"loss={self.loss!r}: use 'bce' or 'pairwise'.")
-        _check(self.batch_size >= 2, f"batch_size={self.batch_size}: must be at least 2 (pairs need two sentences).")
-        _check(0 < self.learning_rate < 1, f"learning_rate={self.learning_rate}: must be in (0, 1).")
-        _check(self.lr_schedule in ("cosine", "linear", "constant"), f"lr_schedule={self.lr_schedule!r}: use 'cosine', 'linear' or 'constant'.")
-        _check(0 <= self.warmup_ratio < 1 and self.num_epochs > 0, "warmup_ratio must be in [0, 1) and num_epochs > 0.")
-        _check(self.compare_max_steps >= 1 and self.eval_every >= 1 and self.norm_samples >= 2, "compare_max_steps and eval_every must be >= 1, norm_samples >= 2.")
+        lengths = _check_list("prefix_lengths", self.prefix_lengths, int, "whole numbers of tokens")
+        _check(all(1 <= k < self.max_length for k in lengths),
+               f"prefix_lengths={self.prefix_lengths!r}: each must be in [1, max_length - 1] = [1, {self.max_length - 1}].")
 
 
 @dataclass
 class PPOConfig(BaseConfig):
     """Every hyperparameter of 3-RLHF.ipynb."""
 
-    sft_model_dir: str = param("{output_dir}/sft_model", "the SFT model from 1-SFT.ipynb: the policy's start and the frozen reference")
-    reward_model_dir: str = param("{output_dir}/reward_model", "the reward model from 2-RM Training.ipynb")
-    policy_dir: str = param("{output_dir}/ppo_policy", "where the final PPO policy is saved")
-    checkpoint_dir: str = param("{output_dir}/ppo_checkpoint", "where training checkpoints are written (and resumed from)")
+    sft_model_dir: str = param("{output_dir}/sft_model", "the SFT model from 1-SFT.ipynb (a folder, or the hub repo it was pushed to): the policy's start and the frozen reference", nonempty=True)
+    reward_model_dir: str = param("{output_dir}/reward_model", "the reward model from 2-RM Training.ipynb (a folder, or the hub repo it was pushed to)", nonempty=True)
+    policy_dir: str = param("{output_dir}/ppo_policy", "where the final PPO policy is saved", nonempty=True)
+    checkpoint_dir: str = param("{output_dir}/ppo_checkpoint", "where training checkpoints are written (and resumed from)", nonempty=True)
     require_cuda: bool = param(True, "stop with a message when no CUDA GPU is present (set False, or device='cpu', to run on CPU anyway)")
-    num_iterations: int = param(100, "PPO iterations: each samples a batch of episodes and optimises on it")
-    batch_size: int = param(256, "episodes (prompt + response) sampled per iteration")
-    minibatch_size: int = param(64, "episodes per gradient step")
-    ppo_epochs: int = param(4, "passes over each batch of episodes")
-    prompt_min_tokens: int = param(2, "shortest prompt, in tokens")
-    prompt_max_tokens: int = param(8, "longest prompt, in tokens")
-    response_length: int = param(24, "most tokens the policy may add; a response ends earlier at EOS")
-    temperature: float = param(1.0, "sampling temperature, also used for the log-probs PPO optimises")
-    learning_rate: float = param(1.4e-5, "AdamW learning rate of policy and value head")
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm")
-    gamma: float = param(1.0, "discount factor of GAE (1.0: a sentence is short, nothing is discounted)")
-    lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo")
-    clip_range: float = param(0.2, "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon")
-    clip_range_value: float = param(0.2, "the value may move this much from its old value before the loss is clipped")
-    vf_coef: float = param(0.1, "weight of the value loss in the total loss (the value head shares the policy's trunk)")
-    init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start")
+    num_iterations: int = param(100, "PPO iterations: each samples a batch of episodes and optimises on it", bounds="[1, inf)")
+    batch_size: int = param(256, "episodes (prompt + response) sampled per iteration", bounds="[2, inf)")
+    minibatch_size: int = param(64, "episodes per gradient step; also the chunk size of the no-gradient passes over a batch", bounds="[1, inf)")
+    ppo_epochs: int = param(4, "passes over each batch of episodes", bounds="[1, 100]")
+    prompt_min_tokens: int = param(2, "shortest prompt, in tokens", bounds="[1, 1024]")
+    prompt_max_tokens: int = param(8, "longest prompt, in tokens", bounds="[1, 1024]")
+    response_length: int = param(24, "most tokens the policy may add; a response ends earlier at EOS", bounds="[1, 1024]")
+    temperature: float = param(1.0, "sampling temperature, also used for the log-probs PPO optimises", bounds="(0, 100]")
+    learning_rate: float = param(1.4e-5, "AdamW learning rate of policy and value head", bounds="(0, 1)")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
+    gamma: float = param(1.0, "discount factor of GAE (1.0: a sentence is short, nothing is discounted)", bounds="[0, 1]")
+    lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo", bounds="[0, 1]")
+    clip_range: float = param(0.2, "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon", bounds="(0, 1)")
+    clip_range_value: float = param(0.2, "the value may move this much from its old value before the loss is clipped", bounds="(0, inf)")
+    vf_coef: float = param(0.1, "weight of the value loss in the total loss (the value head shares the policy's trunk)", bounds="[0, inf)")
+    init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start", bounds="[0, 100]")
     adaptive_kl: bool = param(True, "adapt beta towards kl_target (Ziegler et al. 2019) or keep it fixed")
-    kl_target: float = param(6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for")
-    kl_horizon: int = param(10000, "episodes over which the adaptive controller moves beta")
+    kl_target: float = param(6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for", bounds="(0, inf)")
+    kl_horizon: int = param(10000, "episodes over which the adaptive controller moves beta", bounds="[1, inf)")
     whiten_advantages: bool = param(True, "normalise advantages to mean 0, std 1 over each batch")
     normalize_scores: bool = param(True, "use (score - mean) / std with the statistics saved beside the reward model")
-    missing_eos_penalty: float = param(1.0, "subtracted from the (normalised) score of a response that did not end with EOS")
-    eval_prompts: int = param(256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)")
-    log_every: int = param(1, "record metrics every this many iterations")
-    samples_every: int = param(10, "show a sample table every this many iterations")
-    checkpoint_every: int = param(10, "write a checkpoint every this many iterations")
+    missing_eos_penalty: float = param(1.0, "subtracted from the (normalised) score of a response that did not end with EOS", bounds="[0, 100]")
+    eval_prompts: int = param(256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)", bounds="[0, inf)")
+    eval_every: int = param(10, "evaluate the policy on the curve_prompts every this many iterations (the over-optimisation curve)", bounds="[1, inf)")
+    curve_prompts: int = param(128, "held-out prompts of that periodic evaluation (the first of the evaluation prompts; 0 = no curve)", bounds="[0, inf)")
+    log_every: int = param(1, "record metrics every this many iterations", bounds="[1, inf)")
+    samples_every: int = param(10, "show a sample table every this many iterations", bounds="[1, inf)")
+    checkpoint_every: int = param(10, "write a checkpoint every this many iterations", bounds="[1, inf)")
     resume: bool = param(True, "continue from checkpoint_dir when it holds a checkpoint")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.num_iterations >= 1, f"num_iterations={self.num_iterations}: must be at least 1.")
-        _check(self.batch_size >= 2 and 1 <= self.minibatch_size <= self.batch_size, "need batch_size >= 2 and 1 <= minibatch_size <= batch_size.")
-        _check(self.batch_size % self.minibatch_size == 0, f"batch_size={self.batch_size} must be a multiple of minibatch_size={self.minibatch_size}.")
-        _check(self.ppo_epochs >= 1, f"ppo_epochs={self.ppo_epochs}: must be at least 1.")
-        _check(1 <= self.prompt_min_tokens <= self.prompt_max_tokens, "need 1 <= prompt_min_tokens <= prompt_max_tokens.")
-        _check(self.response_length >= 1 and self.temperature > 0, "need response_length >= 1 and temperature > 0.")
-        _check(0 < self.learning_rate < 1 and self.max_grad_norm > 0, "need 0 < learning_rate < 1 and max_grad_norm > 0.")
-        _check(0 <= self.gamma <= 1 and 0 <= self.lam <= 1, f"gamma={self.gamma}, lam={self.lam}: both must be in [0, 1].")
-        _check(0 < self.clip_range < 1 and self.clip_range_value > 0, "need 0 < clip_range < 1 and clip_range_value > 0.")
-        _check(self.vf_coef >= 0 and self.init_kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon >= 1, "need vf_coef >= 0, init_kl_coef >= 0, kl_target > 0, kl_horizon >= 1.")
-        _check(self.eval_prompts >= 0 and min(self.log_every, self.samples_every, self.checkpoint_every) >= 1, "eval_prompts must be >= 0; log_every, samples_every and checkpoint_every >= 1.")
+        _check(self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
+               f"batch_size={self.batch_size} must be a multiple of minibatch_size={self.minibatch_size}.")
+        _check(self.prompt_min_tokens <= self.prompt_max_tokens,
+               f"prompt_min_tokens={self.prompt_min_tokens} is above prompt_max_tokens={self.prompt_max_tokens}.")
+        _check(self.prompt_max_tokens + self.response_length <= 1024,
+               f"prompt_max_tokens + response_length = {self.prompt_max_tokens + self.response_length}: GPT-2 knows 1024 positions.")
 
 
 # What each profile changes. Only values: every profile runs the same lines of code.
@@ -491,6 +530,23 @@ def _data_file_is_empty(path: Path) -> bool:
     return non_blank_lines <= (1 if path.suffix == ".csv" else 0)
 
 
+def _check_json_lines(path: Path) -> None:
+    """Raise a DatasetSchemaError naming the file and line of the first line that is not a JSON object."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DatasetSchemaError(f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno}). "
+                                         "Each line must be one object such as {\"sentence\": \"...\", \"label\": 1}; "
+                                         "fix or delete that line.") from None
+            if not isinstance(row, dict):
+                raise DatasetSchemaError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object such as "
+                                         "{\"sentence\": \"...\", \"label\": 1}; fix or delete that line.")
+
+
 def load_sst2(name_or_path: str, require_label: bool = True) -> "datasets.DatasetDict":
     """SST-2 from the hub (`stanfordnlp/sst2`) or a local folder with train/validation files, checked."""
     import datasets
@@ -504,11 +560,20 @@ def load_sst2(name_or_path: str, require_label: bool = True) -> "datasets.Datase
                                          f"{split}.csv or {split}.parquet beside the other split.")
             if _data_file_is_empty(found[0]):  # the datasets library fails on these with an obscure error
                 raise DatasetSchemaError(f"{found[0]} holds no rows: the '{split}' split needs at least one sentence.")
+            if DATA_EXTENSIONS[found[0].suffix] == "json":
+                _check_json_lines(found[0])  # the datasets library would not say which line is broken
             data_files[split] = str(found[0])
             kinds.add(DATA_EXTENSIONS[found[0].suffix])
         if len(kinds) > 1:
             raise DatasetSchemaError(f"{path}: train and validation must have the same format, found {sorted(kinds)}.")
-        dataset = datasets.load_dataset(kinds.pop(), data_files=data_files)
+        try:
+            dataset = datasets.load_dataset(kinds.pop(), data_files=data_files)
+        except Exception as error:  # DatasetGenerationError and friends: name the files and the cause
+            if not type(error).__name__.endswith("GenerationError"):
+                raise
+            cause = error.__cause__ or error.__context__ or error
+            raise DatasetSchemaError(f"{path}: the data files could not be read ({type(cause).__name__}: "
+                                     f"{str(cause)[:300]}). Check {', '.join(data_files.values())}.") from error
     elif looks_like_local_path(name_or_path):
         raise DatasetSchemaError(f"Dataset folder {name_or_path!r} does not exist. Check RLHF_DATASET, "
                                  "or run the notebook that builds it first.")
@@ -523,7 +588,10 @@ def load_sst2(name_or_path: str, require_label: bool = True) -> "datasets.Datase
 
 
 def check_sst2(dataset: Any, require_label: bool = True) -> Any:
-    """Raise a DatasetSchemaError naming the missing split, missing column or bad label, else return it."""
+    """Raise a DatasetSchemaError naming the missing split, missing column or bad label, else return it.
+
+    A `label` column is checked whenever it is there, even where the notebook does not need it.
+    """
     for split in ("train", "validation"):
         if split not in dataset:
             raise DatasetSchemaError(f"The dataset has no '{split}' split (it has {list(dataset)}); "
@@ -536,10 +604,19 @@ def check_sst2(dataset: Any, require_label: bool = True) -> Any:
                                          "Rename the text column to 'sentence' and the 0/1 column to 'label'.")
         if len(dataset[split]) == 0:
             raise DatasetSchemaError(f"The '{split}' split is empty: it needs at least one sentence.")
-        if require_label:
+        sentences = dataset[split]["sentence"]
+        not_text = next((i for i, s in enumerate(sentences) if not isinstance(s, str)), None)
+        if not_text is not None:
+            raise DatasetSchemaError(f"The '{split}' split's sentence {not_text} is {sentences[not_text]!r}, not text. "
+                                     "Every 'sentence' must be a string.")
+        if not any(s.strip() for s in sentences):
+            raise DatasetSchemaError(f"Every sentence of the '{split}' split is empty: it needs at least one "
+                                     "sentence with text.")
+        if "label" in columns:
             labels = set(dataset[split].unique("label"))
             if not labels <= {0, 1}:
-                raise DatasetSchemaError(f"The '{split}' split has labels {sorted(labels)[:10]}; expected 0 "
+                shown = sorted(labels, key=repr)[:10]
+                raise DatasetSchemaError(f"The '{split}' split has labels {shown}; expected 0 "
                                          "(negative) and 1 (positive). Map the labels to 0/1 first.")
     return dataset
 
@@ -639,6 +716,8 @@ def _load_pretrained(loader: Callable[..., Any], name_or_path: str, what: str, *
     transformers.logging.set_verbosity_error()  # no per-file progress bars or config chatter in the notebooks
     transformers.logging.disable_progress_bar()
     path = Path(name_or_path)
+    if path.is_dir() or looks_like_local_path(name_or_path):
+        recover_checkpoint(path)  # a save killed part-way leaves the folder under another name
     if path.is_dir():
         verify_checkpoint(path)
     elif looks_like_local_path(name_or_path):
@@ -1340,6 +1419,61 @@ def check_finite(what: str, step: int, **values: float) -> None:
                 "checkpoint is untouched. Lower the learning rate, or try precision='fp32'.")
 
 
+def data_fingerprint(rows: Sequence[Sequence[int]]) -> str:
+    """A short hash of token-id rows (e.g. the validation set): equal fingerprints mean the same data."""
+    return hashlib.sha256(json.dumps([list(map(int, r)) for r in rows]).encode()).hexdigest()[:16]
+
+
+def run_problems(values: Sequence[float], higher_is_better: bool, margin: float,
+                 saved: float | None = None) -> list[str]:
+    """What is wrong with a run whose validation metric went `values` (first = before training), if anything.
+
+    Three signs of a run that diverged without ever reaching NaN: it ended worse than it started, it ended
+    more than `margin` worse than its own best point, or more than `margin` worse than `saved` (the value
+    of the model already saved, measured on the same data).
+    """
+    sign = 1.0 if higher_is_better else -1.0
+    first, last = values[0], values[-1]
+    best_i = max(range(len(values)), key=lambda i: sign * values[i])
+    problems = []
+    if sign * (last - first) < 0:
+        problems.append(f"it ended worse than it started ({first:.4g} before training, {last:.4g} at the end)")
+    if sign * (values[best_i] - last) > margin:
+        problems.append(f"it ended at {last:.4g}, far from its best point ({values[best_i]:.4g}, "
+                        f"validation {best_i} of {len(values) - 1})")
+    if saved is not None and sign * (saved - last) > margin:
+        problems.append(f"the model already saved there scored {saved:.4g} on the same validation data, this one {last:.4g}")
+    return problems
+
+
+def save_unless_worse(save: Callable[[str], Any], folder: str, metric: str, values: Sequence[float],
+                      higher_is_better: bool, margin: float, data: str, save_worse: bool = False) -> str:
+    """Save a trained model with `save(folder)`, unless the run looks diverged (`run_problems`): then save it
+    beside, to folder + '.rejected', keep the model already in `folder`, and raise an RLHFError saying why.
+
+    `data` fingerprints the validation data; a saved model's value counts only when it was measured on the same.
+    The model's meta should record {"validation": {"metric": metric, "value": values[-1], "data": data}}.
+    """
+    saved = None
+    if Path(folder).is_dir():
+        try:
+            record = verify_checkpoint(folder, deep=False).get("validation", {})
+        except CheckpointError:
+            record = {}
+        if record.get("metric") == metric and record.get("data") == data:
+            saved = float(record["value"])
+    problems = [] if save_worse else run_problems(values, higher_is_better, margin, saved)
+    if not problems:
+        save(folder)
+        return folder
+    rejected = folder + ".rejected"
+    save(rejected)
+    raise RLHFError(f"This run's {metric} looks like a failed run: " + "; ".join(problems) + ". It was saved to "
+                    f"{rejected}, not to {folder}" + (" (which keeps the better model)" if saved is not None else "") +
+                    ". A metric that gets worse during training usually means a learning rate that is too high. "
+                    "To use this model anyway, set save_worse_model=True (RLHF_SAVE_WORSE_MODEL=1) and run again.")
+
+
 def device_clock(device: torch.device) -> float:
     """time.perf_counter() once the device's queued work is done (CUDA runs asynchronously), for timers."""
     if device.type == "cuda":
@@ -1426,11 +1560,20 @@ def plot_history(history: History, keys: Sequence[str], title: str = "", ncols: 
 
 
 def save_figure(fig: "plt.Figure", figures_dir: str, name: str) -> Path | None:
-    """Save `fig` as {figures_dir}/{name}.png when figures_dir is set (the cpu profile sets it); else do nothing."""
+    """Save `fig` as {figures_dir}/{name}.png when figures_dir is set (the cpu profile sets it); else do nothing.
+
+    A figure that cannot be written is reported and skipped: it must never stop a notebook before its save cell.
+    """
     if not figures_dir:
         return None
-    path = check_writable(figures_dir) / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    path = Path(figures_dir) / f"{name}.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    except OSError as error:
+        print(f"Could not save the figure {path} ({error.strerror or error}); it is shown but not saved, and "
+              "nothing else is affected. Set RLHF_FIGURES_DIR to a writable folder (or '' to save none).")
+        return None
     return path
 
 
@@ -1451,8 +1594,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_writable(folder: str | Path) -> Path:
-    """Create `folder` and write a test file there, so a read-only output folder fails now, not after training."""
+def check_writable(folder: str | Path, setting: str = "output_dir") -> Path:
+    """Create `folder` and write a test file there, so a read-only folder fails now, not after training.
+
+    `setting` is the config field that chose the folder; the message names it (and its RLHF_ variable).
+    """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -1460,31 +1606,102 @@ def check_writable(folder: str | Path) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise CheckpointError(f"Cannot write to {folder} ({error.strerror or error}). Choose a writable "
-                              "folder with RLHF_OUTPUT_DIR (or output_dir= in the Configuration cell).") from error
+        raise CheckpointError(f"Cannot write to {folder} ({error.strerror or error}). Choose a writable folder "
+                              f"with {ENV_PREFIX}{setting.upper()} (or {setting}= in the Configuration cell).") from error
     return folder
+
+
+def check_output_folders(cfg: BaseConfig) -> None:
+    """Check, before any training, that every folder this notebook will write into can be written.
+
+    Model and checkpoint folders are written under a temporary name beside them, so their parent is checked.
+    """
+    check_writable(cfg.output_dir, "output_dir")
+    if cfg.figures_dir:
+        check_writable(cfg.figures_dir, "figures_dir")
+    for setting in ("checkpoint_dir", "policy_dir"):
+        if hasattr(cfg, setting):
+            check_writable(Path(getattr(cfg, setting)).parent, setting)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (the writer of a temporary folder)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a manifest and every file it lists, unchanged."""
+    if not (folder / MANIFEST).exists():
+        return False
+    try:
+        verify_checkpoint(folder, recover=False)
+    except CheckpointError:
+        return False
+    return True
+
+
+def recover_checkpoint(final_dir: str | Path) -> Path:
+    """Finish or undo a save of `final_dir` that was killed part-way, and remove its leftovers; returns final_dir.
+
+    `atomic_directory` renames the current folder to *.old, then the new one (*.tmp-PID) into place. A kill
+    between the two leaves no folder at the final path: the complete new folder is moved into place, or,
+    when it is incomplete, the previous one. *.old beside a complete final folder, and temporary folders
+    of processes that no longer run, are deleted.
+    """
+    final_dir = Path(final_dir)
+    old = Path(str(final_dir) + ".old")
+    temporaries = [p for p in final_dir.parent.glob(final_dir.name + ".tmp-*") if p.is_dir()] if final_dir.parent.is_dir() else []
+    stale = [p for p in temporaries if not p.name.rsplit("-", 1)[-1].isdigit()
+             or int(p.name.rsplit("-", 1)[-1]) == os.getpid() or not _pid_alive(int(p.name.rsplit("-", 1)[-1]))]
+    if not final_dir.exists():
+        complete_new = sorted((p for p in stale if _is_complete(p)), key=lambda p: p.stat().st_mtime)
+        if complete_new:
+            complete_new[-1].rename(final_dir)
+            stale.remove(complete_new[-1])
+            print(f"{final_dir}: an interrupted save had finished writing; its new version is now in place.")
+        elif old.is_dir():
+            old.rename(final_dir)
+            print(f"{final_dir}: an interrupted save had not finished; the previous version is back in place.")
+    if old.exists() and final_dir.exists() and _is_complete(final_dir):
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in stale:
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final_dir
 
 
 @contextlib.contextmanager
 def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder to write into; on success add the manifest and rename it to `final_dir`.
+    """Yield a temporary folder to write into; on success add the manifest and move it to `final_dir`.
 
-    If the block raises, the temporary folder is removed and `final_dir` is left as it was.
+    If the block raises, the temporary folder is removed and `final_dir` is left as it was. If the process is
+    killed at any instant, `recover_checkpoint` (run by every loader and by the next save) finds a complete
+    version, old or new.
     """
     final_dir = Path(final_dir)
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
+        recover_checkpoint(final_dir)
         tmp = Path(str(final_dir) + f".tmp-{os.getpid()}")
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
     except OSError as error:
-        raise CheckpointError(f"Cannot write to {final_dir.parent} ({error.strerror}). Choose a writable "
-                              "folder with RLHF_OUTPUT_DIR.") from error
+        raise CheckpointError(f"Cannot write {final_dir} ({error.strerror or error}). Choose a writable folder "
+                              "for it: RLHF_OUTPUT_DIR, or the RLHF_..._DIR setting that names this folder.") from error
     try:
         yield tmp
-        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                 for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {}
+        for p in sorted(tmp.rglob("*")):
+            if p.is_file():
+                with open(p, "rb+") as f:  # on disk before the manifest says the folder is complete
+                    os.fsync(f.fileno())
+                files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         manifest = {"format": 1, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "meta": dict(meta or {}), "files": files}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
@@ -1494,21 +1711,23 @@ def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = Non
         if old.exists():
             shutil.rmtree(old)
         if final_dir.exists():
-            final_dir.rename(old)  # the previous checkpoint stays complete until the new one is in place
+            final_dir.rename(old)  # the previous version stays complete until the new one is in place
         tmp.rename(final_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def verify_checkpoint(folder: str | Path, deep: bool = True) -> dict[str, Any]:
+def verify_checkpoint(folder: str | Path, deep: bool = True, recover: bool = True) -> dict[str, Any]:
     """Check a checkpoint folder against its manifest; returns the manifest's meta or raises CheckpointError.
 
-    Folders without a manifest (e.g. one saved by `save_pretrained` elsewhere) are accepted as they are.
+    First completes an interrupted save (`recover_checkpoint`) unless recover=False. Folders without a
+    manifest (e.g. one saved by `save_pretrained` elsewhere) are accepted as they are.
     """
     folder = Path(folder)
+    if recover:
+        recover_checkpoint(folder)
     if not folder.is_dir():
         raise CheckpointError(f"No checkpoint at {folder}.")
     manifest_path = folder / MANIFEST
@@ -1539,16 +1758,17 @@ def save_causal_lm(lm: nn.Module, tokenizer: Any, folder: str | Path, meta: Mapp
     return Path(folder)
 
 
-REWARD_MODEL_LAYOUT = 1
+REWARD_MODEL_LAYOUT = 2  # 2: reward_config.json holds the decision threshold
 REWARD_CONFIG = "reward_config.json"
 
 
-def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path,
-                      reward_mean: float, reward_std: float, meta: Mapping[str, Any] | None = None) -> Path:
-    """Save the reward model atomically: trunk + head weights (safetensors), its config, the tokenizer, and normalisation."""
+def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path, reward_mean: float,
+                      reward_std: float, threshold: float, meta: Mapping[str, Any] | None = None) -> Path:
+    """Save the reward model atomically: trunk + head weights (safetensors), its config, the tokenizer, and in
+    reward_config.json the normalisation (mean, std) and the threshold above which a raw score means "positive"."""
     from safetensors.torch import save_file
     info = {"layout": REWARD_MODEL_LAYOUT, "head": "linear(hidden_size -> 1) on the last real token",
-            "reward_mean": float(reward_mean), "reward_std": float(reward_std),
+            "reward_mean": float(reward_mean), "reward_std": float(reward_std), "threshold": float(threshold),
             "vocabulary": vocabulary_fingerprint(tokenizer), **(meta or {})}
     with atomic_directory(folder, {"kind": "reward_model", **info}) as tmp:
         model.trunk.config.save_pretrained(tmp)
@@ -1560,10 +1780,10 @@ def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path
 
 
 def load_reward_model(folder: str | Path, device: torch.device | str = "cpu") -> tuple[ScalarHeadModel, Any, dict[str, Any]]:
-    """Load a reward model saved by `save_reward_model`: (model in eval mode, tokenizer, info with normalisation)."""
+    """Load a reward model saved by `save_reward_model`: (model in eval mode, tokenizer, info: normalisation, threshold)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
-    folder = Path(folder)
+    folder = recover_checkpoint(folder)
     if not folder.is_dir():
         raise CheckpointError(f"No reward model at {folder}. Run 2-RM Training.ipynb first (it saves there), "
                               "or set RLHF_REWARD_MODEL_DIR to the folder that holds one.")
@@ -1600,6 +1820,8 @@ def check_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:
 def check_ppo_inputs(sft_model_dir: str, reward_model_dir: str) -> None:
     """Raise one CheckpointError that names every missing input of 3-RLHF.ipynb and the notebook that writes it."""
     missing = []
+    recover_checkpoint(sft_model_dir)
+    recover_checkpoint(reward_model_dir)
     if not Path(sft_model_dir).is_dir():
         missing.append(f"No SFT model at {sft_model_dir}: run 1-SFT.ipynb first (same profile), or set "
                        "RLHF_SFT_MODEL_DIR to the folder that holds one.")
@@ -1618,8 +1840,8 @@ PPO_TRAINING_STATE = "training_state.pt"
 # PPOConfig fields that do not change what training computes: a run may resume under other values.
 PPO_BOOKKEEPING_FIELDS = {"profile", "output_dir", "model_name", "device", "precision", "require_cuda",
                           "push_to_hub", "hub_repo_id", "sft_model_dir", "reward_model_dir", "policy_dir",
-                          "checkpoint_dir", "num_iterations", "eval_prompts", "log_every", "samples_every",
-                          "checkpoint_every", "resume", "figures_dir"}
+                          "checkpoint_dir", "num_iterations", "eval_prompts", "samples_every",
+                          "checkpoint_every", "resume", "figures_dir", "eval_every", "curve_prompts"}
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -1683,7 +1905,7 @@ def can_resume(folder: str | Path, signature: Mapping[str, Any]) -> tuple[bool, 
     A damaged checkpoint is refused (CheckpointError); one written by a different run (other settings,
     other SFT or reward model) is not resumed, since continuing it would mix two experiments.
     """
-    folder = Path(folder)
+    folder = recover_checkpoint(folder)
     if not folder.is_dir():
         return False, f"No checkpoint in {folder}: training starts from the SFT model."
     meta = verify_checkpoint(folder, deep=False)
@@ -2316,7 +2538,7 @@ def build_smoke_dataset(folder: str | Path, n_train: int = 2000, n_validation: i
     """Write the smoke SST-2 (train.jsonl, validation.jsonl) to `folder`, atomically, unless it is there."""
     folder = Path(folder)
     meta = {"kind": "smoke_sst2", "n_train": n_train, "n_validation": n_validation, "seed": seed}
-    if (folder / MANIFEST).exists() and verify_checkpoint(folder, deep=False) == meta:
+    if (recover_checkpoint(folder) / MANIFEST).exists() and verify_checkpoint(folder, deep=False) == meta:
         return folder
     splits = make_smoke_sst2(n_train, n_validation, seed)
     with atomic_directory(folder, meta) as tmp:
@@ -2345,7 +2567,7 @@ def build_base_model(folder: str | Path, dataset_name: str, profile: str, seed: 
     from transformers import GPT2Config, GPT2LMHeadModel
     folder, sizes = Path(folder), BASE_MODEL_SIZES[profile]
     meta = {"kind": "causal_lm", "base_for_profile": profile, "dataset": dataset_name, "seed": seed, **sizes}
-    if (folder / MANIFEST).exists():
+    if (recover_checkpoint(folder) / MANIFEST).exists():
         saved = verify_checkpoint(folder, deep=False)
         if all(saved.get(k) == v for k, v in meta.items()):
             return folder

@@ -91,8 +91,11 @@ def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp
     # a folder without any manifest (saved elsewhere with save_pretrained) is accepted as it is ...
     (folder / ru.MANIFEST).unlink()
     assert ru.verify_checkpoint(folder) == {}
-    # ... unless an interrupted save lies beside it
-    (tmp_path / "ckpt.tmp-12345").mkdir()
+    # a stale temporary folder of a save whose process is gone is cleaned up on the way
+    (tmp_path / "ckpt.tmp-999999999").mkdir()
+    assert ru.verify_checkpoint(folder) == {} and leftovers(folder) == []
+    # ... but a previous version (*.old) beside a folder without a manifest means someone else's half-done copy
+    (tmp_path / "ckpt.old").mkdir()
     with pytest.raises(ru.CheckpointError, match="half-written"):
         ru.verify_checkpoint(folder)
 
@@ -127,7 +130,7 @@ def saved_reward_model(tmp_path, smoke_dirs, tokenizer):
     torch.manual_seed(0)
     model = ru.build_reward_model(str(smoke_dirs["base"])).eval()
     folder = ru.save_reward_model(model, tokenizer, tmp_path / "rm", reward_mean=0.25, reward_std=1.5,
-                                  meta={"loss": "bce"})
+                                  threshold=-0.75, meta={"loss": "bce"})
     return model, folder
 
 
@@ -136,6 +139,7 @@ def test_save_and_load_reward_model(saved_reward_model, tokenizer):
     loaded, loaded_tokenizer, info = ru.load_reward_model(folder)
     assert not loaded.training
     assert info["reward_mean"] == 0.25 and info["reward_std"] == 1.5 and info["loss"] == "bce"
+    assert info["threshold"] == -0.75
     assert info["layout"] == ru.REWARD_MODEL_LAYOUT
     ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
     rows = ru.tokenize_sentences(["a gem", "the film is dull and lifeless ."], tokenizer, 32)

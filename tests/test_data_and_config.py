@@ -74,13 +74,13 @@ def test_every_field_is_explained_in_the_config_table():
 def test_env_values_are_parsed_to_the_field_types():
     env = {"RLHF_BATCH_SIZE": "64", "RLHF_MAX_TRAIN_SAMPLES": "1_000", "RLHF_LEARNING_RATE": "3e-4",
            "RLHF_NUM_EPOCHS": "2", "RLHF_LR_SCHEDULE": "linear", "RLHF_PUSH_TO_HUB": "yes",
-           "RLHF_HUB_REPO_ID": "me/model", "RLHF_SEED": "-3"}
+           "RLHF_HUB_REPO_ID": "me/model", "RLHF_SEED": "1_000"}
     cfg = ru.make_config(ru.SFTConfig, environ=env)
     assert cfg.batch_size == 64 and type(cfg.batch_size) is int
     assert cfg.max_train_samples == 1000
     assert cfg.learning_rate == 3e-4 and type(cfg.learning_rate) is float
     assert cfg.num_epochs == 2.0 and type(cfg.num_epochs) is float
-    assert cfg.lr_schedule == "linear" and cfg.hub_repo_id == "me/model" and cfg.seed == -3
+    assert cfg.lr_schedule == "linear" and cfg.hub_repo_id == "me/model" and cfg.seed == 1000
     assert cfg.push_to_hub is True
 
 

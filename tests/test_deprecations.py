@@ -2,6 +2,7 @@
 import threading
 import warnings
 
+import pytest
 import torch
 
 from conftest import DeprecationGuard
@@ -15,13 +16,14 @@ def test_the_guard_catches_a_deprecated_call_into_transformers(tiny_lm):
 
 
 def test_the_guard_ignores_warnings_that_are_not_from_the_libraries_or_not_from_our_calls(tiny_lm):
-    with DeprecationGuard() as guard:
+    with pytest.warns((DeprecationWarning, FutureWarning)) as passed_on, DeprecationGuard() as guard:
         warnings.warn("this helper is deprecated", DeprecationWarning)  # raised by the test itself, not a library
         thread = threading.Thread(target=warnings.warn, args=("x is deprecated", FutureWarning))
         thread.start()
         thread.join()  # raised outside any project frame
         tiny_lm(input_ids=torch.tensor([[1, 2, 3]]))  # the current API: no warning
     assert guard.found == []
+    assert {str(w.message) for w in passed_on} == {"this helper is deprecated", "x is deprecated"}  # still reported
 
 
 def test_generation_uses_the_current_cache_api(tiny_lm, tokenizer):
