@@ -1506,9 +1506,25 @@ class History:
         return pd.DataFrame(self.rows).set_index("step")
 
 
-def progress(iterable: Any = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar that renders in Jupyter, Colab and a terminal alike."""
-    return tqdm(iterable, dynamic_ncols=True, **kwargs)
+class _BoundedProgress(tqdm):
+    """tqdm whose set_postfix waits for the next scheduled refresh instead of forcing one."""
+
+    def set_postfix(self, ordered_dict: Mapping[str, Any] | None = None, refresh: bool = False, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+
+def progress(iterable: Any = None, max_refreshes: int = 200, **kwargs: Any) -> tqdm:
+    """A tqdm bar that renders in Jupyter, Colab and a terminal alike, and redraws at most `max_refreshes` times.
+
+    In a notebook every redraw is a message from the kernel to the front end. A bar redrawn at every step of a
+    long loop sends thousands while the cell runs, and a client that reads them only after the cell has
+    finished (nbval does) finds its queue overflowed: the kernel's "idle" message is dropped and the cell
+    "times out waiting for output". So the bar redraws every `total / max_refreshes` steps, at most twice a
+    second, and a postfix (loss=...) waits for the next redraw.
+    """
+    total = kwargs.get("total", len(iterable) if hasattr(iterable, "__len__") else None)
+    miniters = max(1, math.ceil((total - kwargs.get("initial", 0)) / max_refreshes)) if total else None
+    return _BoundedProgress(iterable, dynamic_ncols=True, mininterval=0.5 if total else 2.0, miniters=miniters, **kwargs)
 
 
 def sample_table(prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float] | None = None,

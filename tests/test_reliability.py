@@ -260,3 +260,45 @@ def test_the_probes_get_messages_with_the_value(env, pattern):
     cls = next(c for c in ru.ALL_CONFIGS if any(f"RLHF_{f.name.upper()}" in env for f in dataclasses.fields(c)))
     with pytest.raises(ru.ConfigError, match=pattern):
         ru.make_config(cls, env)
+
+
+# ---------------------------------------------------------------------------
+# Long training cells under nbval. nbval reads the kernel's output messages only once a cell has finished; a
+# progress bar that redraws at every step floods that queue until the kernel's final "idle" message is dropped,
+# and nbval fails the cell with "Timeout of 5 seconds exceeded waiting for output" (the cpu profile's training
+# cells did, while `jupyter nbconvert`, which reads as it goes, passed).
+
+def test_a_progress_bar_redraws_a_bounded_number_of_times(monkeypatch):
+    redraws = []
+    bar = ru.progress(range(50_000), desc="steps")
+    monkeypatch.setattr(type(bar), "refresh", lambda self, *a, **k: redraws.append(self.n))
+    for step in bar:
+        bar.set_postfix(loss=f"{step:.3f}")  # as the training loops do, every step
+    bar.close()
+    assert len(redraws) <= 201, len(redraws)
+    assert ru.progress(range(100)).miniters == 1  # a short loop still shows every step
+
+
+LONG_CELL = """
+import time
+bar = ru.progress(range({steps}), desc="SFT")
+for step in bar:
+    bar.set_postfix(loss=f"{{2 + step * 1e-4:.4f}}", lr=f"{{1e-3:.1e}}")  # a value that changes every step, as a loss does
+    if step % 5000 == 0:
+        bar.write(f"step {{step}}: validation loss 1.0")
+bar.close()
+print("trained")
+"""
+
+
+def test_a_long_training_cell_passes_under_nbval(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbval")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport rlhf_utils as ru"),
+                nbformat.v4.new_code_cell(LONG_CELL.format(steps=30_000))]  # without the bound: ~30,000 messages
+    nbformat.write(nb, tmp_path / "long_cell.ipynb")
+    done = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                           str(tmp_path / "long_cell.ipynb")], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
