@@ -187,6 +187,7 @@ class BaseConfig:
     seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)", bounds="[0, 4294967295]")
     device: str = param("auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'", choices=("auto", "cuda", "cpu"))
     precision: str = param("auto", "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'", choices=("auto", "bf16", "fp16", "fp32"))
+    init_loss_scale: float = param(2.0 ** 16, "fp16 only: the loss scale at the start (PyTorch's default 2^16); halved, and the step skipped, at each overflow", bounds="[1, 1e30]")
     max_length: int = param(64, "longest training sequence in tokens, EOS included; longer sentences are cut", bounds="[8, 1024]")
     push_to_hub: bool = param(False, "also upload the saved model to the Hugging Face hub (needs HF_TOKEN or Colab's secret)")
     hub_repo_id: str = param("", "hub repository for push_to_hub, e.g. 'your-name/gpt2-sst2-sft'")
@@ -443,9 +444,13 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def grad_scaler(self) -> torch.amp.GradScaler:
-        """A loss scaler, active only for fp16 (whose small gradients would underflow to 0)."""
-        return torch.amp.GradScaler(self.device.type, enabled=self.use_grad_scaler)
+    def grad_scaler(self, init_scale: float = 2.0 ** 16) -> torch.amp.GradScaler:
+        """A loss scaler, active only for fp16 (whose small gradients would underflow to 0).
+
+        The loss is multiplied by the scale before backward; when a gradient overflows (inf or NaN) the
+        scaler skips that optimizer step and halves the scale, and it doubles it after 2,000 good steps.
+        """
+        return torch.amp.GradScaler(self.device.type, init_scale=init_scale, enabled=self.use_grad_scaler)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -473,15 +478,16 @@ def cpu_supports_bf16() -> bool:
 def resolve_precision(device: torch.device, name: str = "auto", profile: str = "full") -> Precision:
     """Pick the precision: bf16 on Ampere or newer, fp16 + loss scaling on older GPUs (T4), fp32 on CPU.
 
-    The 'cpu' profile uses bf16 autocast on CPUs with native bf16 (measured faster there).
+    The 'cpu' profile uses bf16 autocast on CPUs with native bf16 (measured faster there). fp16 is also
+    accepted on a CPU when asked for by name, so that its loss-scaling path can be tested without a GPU.
     """
     if name == "auto":
         if device.type == "cuda":
             name = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
         else:
             name = "bf16" if profile == "cpu" and cpu_supports_bf16() else "fp32"
-    if name == "fp16" and device.type != "cuda":
-        raise ConfigError("precision='fp16' needs a CUDA GPU; on CPU use 'bf16' or 'fp32'.")
+    # fp16 on a CPU runs the T4's code path (fp16 autocast, loss scaling, skipped steps) where a test can reach
+    # it; PyTorch supports both on the CPU, though slowly. 'auto' never picks it there.
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
     return Precision(device=device, dtype=dtype, use_grad_scaler=(name == "fp16"))
 
@@ -1400,7 +1406,10 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: 
 
 def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                    parameters: Sequence[torch.Tensor] | Iterator[torch.Tensor], max_grad_norm: float) -> torch.Tensor:
-    """Backward, unscale (fp16), clip the global gradient norm, step, zero the gradients; returns the norm."""
+    """Backward, unscale (fp16), clip the global gradient norm, step, zero the gradients; returns the norm.
+
+    The norm is inf (or NaN) when fp16 gradients overflowed: the scaler then skipped the step (`grad_norm_metrics`).
+    """
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(list(parameters), max_grad_norm)
@@ -1408,6 +1417,25 @@ def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler:
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
+
+
+def grad_norm_metrics(grad_norms: torch.Tensor, scaler: torch.amp.GradScaler, prefix: str,
+                      step: int = 0) -> dict[str, float]:
+    """Metrics of one or more optimizer steps' gradient norms (as `optimizer_step` returns them).
+
+    With fp16 loss scaling, a step whose gradients overflowed reports an infinite norm and was skipped: it
+    is counted in {prefix}/skipped_steps and left out of the mean {prefix}/grad_norm, so the history holds no
+    inf. Without a scaler nothing skips an infinite gradient, so it stops training (TrainingDivergedError).
+    """
+    norms = grad_norms.detach().float().flatten()  # one per optimizer step
+    taken = torch.isfinite(norms)
+    skipped = int((~taken).sum())
+    if skipped and not scaler.is_enabled():
+        check_finite(prefix, step, grad_norm=float(norms[~taken][0]))
+    metrics = {f"{prefix}/skipped_steps": float(skipped)}
+    if skipped < len(norms):
+        metrics[f"{prefix}/grad_norm"] = float(norms[taken].mean())
+    return metrics
 
 
 def check_finite(what: str, step: int, **values: float) -> None:
@@ -1428,15 +1456,15 @@ def run_problems(values: Sequence[float], higher_is_better: bool, margin: float,
                  saved: float | None = None) -> list[str]:
     """What is wrong with a run whose validation metric went `values` (first = before training), if anything.
 
-    Three signs of a run that diverged without ever reaching NaN: it ended worse than it started, it ended
-    more than `margin` worse than its own best point, or more than `margin` worse than `saved` (the value
-    of the model already saved, measured on the same data).
+    Three signs of a run that diverged without ever reaching NaN: it ended more than `margin` worse than it
+    started, than its own best point, or than `saved` (the value of the model already saved, measured on the
+    same data).
     """
     sign = 1.0 if higher_is_better else -1.0
     first, last = values[0], values[-1]
     best_i = max(range(len(values)), key=lambda i: sign * values[i])
     problems = []
-    if sign * (last - first) < 0:
+    if sign * (first - last) > margin:
         problems.append(f"it ended worse than it started ({first:.4g} before training, {last:.4g} at the end)")
     if sign * (values[best_i] - last) > margin:
         problems.append(f"it ended at {last:.4g}, far from its best point ({values[best_i]:.4g}, "

@@ -96,6 +96,7 @@ TINY_SLICE = {
     "RLHF_NUM_EVAL_GENERATIONS": "16", "RLHF_SAMPLE_MAX_NEW_TOKENS": "8", "RLHF_COMPARE_MAX_STEPS": "2",
     "RLHF_NORM_SAMPLES": "64", "RLHF_NUM_ITERATIONS": "3", "RLHF_MINIBATCH_SIZE": "16", "RLHF_PPO_EPOCHS": "1",
     "RLHF_RESPONSE_LENGTH": "8", "RLHF_EVAL_PROMPTS": "32", "RLHF_SAMPLES_EVERY": "2", "RLHF_CHECKPOINT_EVERY": "2",
+    "RLHF_SAVE_WORSE_MODEL": "1",  # a few steps do not learn: the divergence guard would (rightly) refuse them
 }
 
 

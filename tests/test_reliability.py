@@ -155,6 +155,7 @@ def test_a_figure_that_cannot_be_saved_is_reported_not_raised(tmp_path, capsys):
 def test_run_problems_sees_a_run_that_ended_worse():
     assert ru.run_problems([6.9, 4.0, 3.0, 2.95], higher_is_better=False, margin=0.1) == []
     assert "ended worse than it started" in ru.run_problems([6.9, 42.5, 7.3], False, 0.1)[0]
+    assert ru.run_problems([6.9, 6.95], False, 0.1) == []  # within the margin: noise, not divergence
     assert "far from its best" in ru.run_problems([6.9, 3.0, 5.4], False, 0.1)[0]
     assert "already saved" in ru.run_problems([6.9, 5.4], False, 0.1, saved=2.94)[0]
     assert ru.run_problems([6.9, 5.4], False, 0.1, saved=5.45) == []  # a little worse than the saved one is fine
@@ -219,7 +220,7 @@ def bad_values(f: dataclasses.Field, kind: type) -> list:
         low, high = (float(x) for x in meta["bounds"][1:-1].split(","))
         values = [math.nan, math.inf, "3"] + ([0.5] if kind is int else [])
         values += [low if meta["bounds"][0] == "(" else low - 1] if math.isfinite(low) else []
-        values += [high if meta["bounds"][-1] == ")" else high + 1] if math.isfinite(high) else []
+        values += [high if meta["bounds"][-1] == ")" else high + max(1.0, high)] if math.isfinite(high) else []
         return [kind(v) if isinstance(v, float) and kind is int and math.isfinite(v) and v.is_integer() else v
                 for v in values]
     if meta["choices"]:
