@@ -1181,37 +1181,60 @@ def response_positions(input_ids: torch.Tensor, response_start: int) -> torch.Te
     return torch.arange(response_start - 1, input_ids.shape[1] - 1, device=input_ids.device)  # (R,)
 
 
+def _in_chunks(fn: Callable[[slice], tuple], batch: int, chunk_size: int | None) -> tuple:
+    """fn(rows) for consecutive slices of at most chunk_size rows, its outputs concatenated along dim 0.
+
+    A no-gradient pass over a whole rollout batch holds (B, R, V) logits, several copies of them while
+    log-softmax and entropy are computed: at GPT-2's 50,257-token vocabulary, 256 episodes of 24 tokens make
+    each copy 1.2 GB in fp32. In chunks, the largest temporary is set by chunk_size, not by B.
+    """
+    if not chunk_size or chunk_size >= batch:
+        return fn(slice(0, batch))
+    parts = [fn(slice(start, start + chunk_size)) for start in range(0, batch, chunk_size)]
+    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
+
+
 def policy_forward(policy: PolicyWithValueHead, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   response_start: int, temperature: float = 1.0,
-                   with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                   response_start: int, temperature: float = 1.0, with_entropy: bool = True,
+                   chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One pass of the policy: log-probs of the response tokens, values V(s_t) and entropy, each (B, R).
 
     Logits are divided by the sampling temperature, so the log-probs are those of the distribution the
     tokens were drawn from. V(s_t) is read where token t is predicted (the state before it). Position
     ids follow the mask (`PolicyWithValueHead.forward`). The entropy is a statistic: it carries no gradient;
     with_entropy=False skips it (None), e.g. in the minibatch passes, where it would be discarded.
+    chunk_size: rows per pass, for the no-gradient pass over a whole batch (`_in_chunks`); the results are the same.
     """
     predicting = response_positions(input_ids, response_start)  # (R,)
-    logits, values = policy(input_ids, attention_mask, logits_to_keep=predicting)  # (B, R, V), (B, P + R)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logprobs = logprobs_from_logits(logits, input_ids[:, response_start:])  # (B, R)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = entropy_from_logits(logits)  # (B, R)
-    return logprobs, values[:, response_start - 1:-1], entropy
+
+    def rows(r: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        logits, values = policy(input_ids[r], attention_mask[r], logits_to_keep=predicting)  # (b, R, V), (b, P + R)
+        if temperature != 1.0:
+            logits = logits / temperature
+        logprobs = logprobs_from_logits(logits, input_ids[r, response_start:])  # (b, R)
+        entropy = None
+        if with_entropy:
+            with torch.no_grad():
+                entropy = entropy_from_logits(logits)  # (b, R)
+        return logprobs, values[:, response_start - 1:-1], entropy
+
+    return _in_chunks(rows, input_ids.shape[0], chunk_size)
 
 
 def response_logprobs(lm: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      response_start: int, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of the response tokens under a plain causal LM (the frozen reference), (B, R)."""
-    logits = lm(input_ids=input_ids, attention_mask=attention_mask_4d(lm, attention_mask),
-                position_ids=positions_from_mask(attention_mask),
-                logits_to_keep=response_positions(input_ids, response_start)).logits  # (B, R, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logprobs_from_logits(logits, input_ids[:, response_start:])  # (B, R)
+                      response_start: int, temperature: float = 1.0, chunk_size: int | None = None) -> torch.Tensor:
+    """Log-probs of the response tokens under a plain causal LM (the frozen reference), (B, R); in chunks of rows
+    when chunk_size is given (`_in_chunks`)."""
+    predicting = response_positions(input_ids, response_start)  # (R,)
+
+    def rows(r: slice) -> tuple[torch.Tensor]:
+        logits = lm(input_ids=input_ids[r], attention_mask=attention_mask_4d(lm, attention_mask[r]),
+                    position_ids=positions_from_mask(attention_mask[r]), logits_to_keep=predicting).logits  # (b, R, V)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return (logprobs_from_logits(logits, input_ids[r, response_start:]),)  # (b, R)
+
+    return _in_chunks(rows, input_ids.shape[0], chunk_size)[0]
 
 
 def score_responses(reward_model: ScalarHeadModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -1232,18 +1255,50 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
+class SentimentJudge:
+    """An independent judge of sentiment: VADER (Hutto and Gilbert, 2014), a rule-based lexicon of ~7,500 words
+    rated by people, with rules for negation, intensifiers and "but". Nothing in this series trained it and it
+    never sees PPO's training, so it can disagree with the reward model PPO optimises against.
+
+    `scores` gives VADER's compound score in [-1, 1]; `positive` applies VADER's own threshold (> 0.05).
+    Its blind spots are its own: it likes strings of positive words however they are strung together.
+    """
+
+    name = "VADER"
+    threshold = 0.05
+
+    def __init__(self) -> None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError as error:
+            raise RLHFError("The independent judge needs the vaderSentiment package (its lexicon ships with it, no "
+                            "download): pip install vaderSentiment, or pip install -r requirements.txt.") from error
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        """VADER's compound score of each text, in [-1, 1]."""
+        return [self._analyzer.polarity_scores(text)["compound"] for text in texts]
+
+    def positive(self, texts: Sequence[str]) -> list[bool]:
+        """Whether the judge calls each text positive (compound > 0.05)."""
+        return [score > self.threshold for score in self.scores(texts)]
+
+
 @torch.no_grad()
 def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadModel, tokenizer: Any,
                     prompts: Sequence[Sequence[int]], max_new_tokens: int, temperature: float = 1.0,
-                    seed: int = 0, batch_size: int = 64,
-                    precision: Precision | None = None) -> tuple[dict[str, float], "pd.DataFrame"]:
+                    seed: int = 0, batch_size: int = 64, precision: Precision | None = None,
+                    threshold: float = 0.0, judge: SentimentJudge | None = None,
+                    chunk_size: int | None = None) -> tuple[dict[str, float], "pd.DataFrame"]:
     """Sample one response per held-out prompt and measure it; returns (summary, one row per prompt).
 
-    The same prompts, seed and temperature give two policies the same random numbers. Per row: the raw
-    reward-model score, whether it ends with EOS, the KL to `ref_lm` (sum over response tokens of
-    log pi - log pi_ref, at `temperature`) and the reference's negative log-likelihood at temperature 1.
-    Summary: mean score, share with score > 0, mean KL, reference perplexity exp(total NLL / tokens),
-    share ending with EOS, mean response length, distinct-2 of the responses (`distinct_n`).
+    The same prompts, seed and temperature give two policies the same random numbers. Per row: the reward
+    model's raw score of prompt + response and whether it is above `threshold` (saved by notebook 2: 0 for
+    BCE, a median for a pairwise model), the judge's score of the same text, whether the response ends with
+    EOS, the KL to `ref_lm` (sum over response tokens of log pi - log pi_ref, at `temperature`) and the
+    reference's negative log-likelihood at temperature 1. Summary: the means and shares of those, the
+    reference perplexity exp(total NLL / tokens), the mean response length and distinct-2 (`distinct_n`).
+    Log-prob passes run in chunks of `chunk_size` rows (default: batch_size).
     """
     import pandas as pd
     device = next(lm.parameters()).device
@@ -1251,7 +1306,7 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
     generator = torch.Generator(device=device).manual_seed(seed)
     was_training = lm.training
     lm.eval()
-    rows: dict[str, list] = {k: [] for k in ("prompt", "response", "score", "ends_with_eos", "kl", "ref_nll", "length")}
+    rows: dict[str, list] = {k: [] for k in ("prompt", "response", "raw_score", "ends_with_eos", "kl", "ref_nll", "length")}
     try:
         for start in range(0, len(prompts), batch_size):
             prompt_ids, prompt_mask = pad_batch(prompts[start:start + batch_size], tokenizer.pad_token_id, side="left")
@@ -1261,17 +1316,17 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
                                                 generator=generator, precision=precision)  # (b, R)
             input_ids = torch.cat([prompt_ids, responses], 1)  # (b, P + R)
             attention_mask = torch.cat([prompt_mask, response_mask], 1)
-            start_r, mask = prompt_ids.shape[1], response_mask.float()
+            start_r, mask, chunk = prompt_ids.shape[1], response_mask.float(), chunk_size or batch_size
             with autocast():
-                scores = score_responses(reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (b,)
-                logprobs = response_logprobs(lm, input_ids, attention_mask, start_r, temperature)  # (b, R)
-                ref_logprobs = response_logprobs(ref_lm, input_ids, attention_mask, start_r, temperature)
+                raw_scores = score_responses(reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (b,)
+                logprobs = response_logprobs(lm, input_ids, attention_mask, start_r, temperature, chunk)  # (b, R)
+                ref_logprobs = response_logprobs(ref_lm, input_ids, attention_mask, start_r, temperature, chunk)
                 ref_logprobs_t1 = (ref_logprobs if temperature == 1.0 else
-                                   response_logprobs(ref_lm, input_ids, attention_mask, start_r, 1.0))
+                                   response_logprobs(ref_lm, input_ids, attention_mask, start_r, 1.0, chunk))
             rows["prompt"] += tokenizer.batch_decode(prompt_ids.masked_fill(prompt_mask == 0, tokenizer.eos_token_id)
                                                      .tolist(), skip_special_tokens=True)
             rows["response"] += decode_responses(tokenizer, responses, response_mask)
-            rows["score"] += scores.float().tolist()
+            rows["raw_score"] += raw_scores.float().tolist()
             rows["ends_with_eos"] += ends_with_eos(responses, response_mask, tokenizer.eos_token_id).tolist()
             rows["kl"] += ((logprobs - ref_logprobs) * mask).sum(1).tolist()
             rows["ref_nll"] += (-ref_logprobs_t1 * mask).sum(1).tolist()
@@ -1279,15 +1334,24 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
     finally:
         lm.train(was_training)
     table = pd.DataFrame(rows)
+    table.insert(3, "positive", table["raw_score"] > threshold)
     summary = {
-        "score_mean": float(table["score"].mean()),
-        "positive_share": float((table["score"] > 0).mean()),
+        "raw_score_mean": float(table["raw_score"].mean()),
+        "positive_share": float(table["positive"].mean()),
+    }
+    if judge is not None:
+        texts = [prompt + response for prompt, response in zip(table["prompt"], table["response"])]
+        table.insert(4, "judge_score", judge.scores(texts))
+        table.insert(5, "judge_positive", table["judge_score"] > judge.threshold)
+        summary.update(judge_score_mean=float(table["judge_score"].mean()),
+                       judge_positive_share=float(table["judge_positive"].mean()))
+    summary.update({
         "kl_to_ref": float(table["kl"].mean()),
         "ref_perplexity": math.exp(table["ref_nll"].sum() / max(1, table["length"].sum())),
         "eos_share": float(table["ends_with_eos"].mean()),
         "response_length": float(table["length"].mean()),
         "distinct_2": distinct_n(table["response"], 2),
-    }
+    })
     return summary, table
 
 
@@ -1555,15 +1619,58 @@ def progress(iterable: Any = None, max_refreshes: int = 200, **kwargs: Any) -> t
     return _BoundedProgress(iterable, dynamic_ncols=True, mininterval=0.5 if total else 2.0, miniters=miniters, **kwargs)
 
 
-def sample_table(prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float] | None = None,
-                 **columns: Sequence[Any]) -> "pd.DataFrame":
-    """Prompts and responses (and scores, and any other columns) as a DataFrame."""
+def sample_table(tokenizer: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, responses: torch.Tensor,
+                 response_mask: torch.Tensor, rows: int = 4, **columns: torch.Tensor | Sequence[Any]) -> "pd.DataFrame":
+    """The first `rows` episodes of a batch as text (prompt, response), with any per-episode columns given."""
     import pandas as pd
-    table = {"prompt": list(prompts), "response": list(responses)}
-    if scores is not None:
-        table["score"] = [round(float(s), 3) for s in scores]
-    table.update({k: list(v) for k, v in columns.items()})
+    prompts = tokenizer.batch_decode(prompt_ids[:rows].masked_fill(prompt_mask[:rows] == 0, tokenizer.eos_token_id).tolist(),
+                                     skip_special_tokens=True)
+    table = {"prompt": prompts, "response": decode_responses(tokenizer, responses[:rows], response_mask[:rows])}
+    for name, values in columns.items():
+        values = values[:rows].tolist() if isinstance(values, torch.Tensor) else list(values[:rows])
+        table[name] = [round(v, 3) if isinstance(v, float) else v for v in values]
     return pd.DataFrame(table)
+
+
+def ppo_metrics(raw_scores: torch.Tensor, positive: torch.Tensor, scores: torch.Tensor, has_eos: torch.Tensor,
+                response_mask: torch.Tensor, kl: torch.Tensor, kl_coef: float, entropy: torch.Tensor,
+                values: torch.Tensor, returns: torch.Tensor, mb_stats: Sequence[Mapping[str, torch.Tensor]],
+                mb_grad_norms: Sequence[torch.Tensor], scaler: torch.amp.GradScaler, iteration: int) -> dict[str, float]:
+    """The namespaced metrics of one PPO iteration (notebook 3, section 5, explains each), read back at once.
+
+    Per episode (B,): raw_scores, positive, scores, has_eos; per token (B, R): the rest. mb_stats holds one
+    dict of scalar tensors per minibatch step (averaged here), mb_grad_norms their gradient norms.
+    """
+    kl_per_sequence = kl.sum(1)  # (B,)
+    on_device = {
+        "env/score_mean": scores.mean(), "env/score_std": scores.std(),
+        "env/raw_score_mean": raw_scores.mean(), "env/positive_share": positive.float().mean(),
+        "env/eos_share": has_eos.float().mean(), "env/response_length": response_mask.sum(1).float().mean(),
+        "objective/kl": kl_per_sequence.mean(),
+        "objective/rlhf_reward": (scores - kl_coef * kl_per_sequence).mean(),  # = the sum of r_t over a response
+        "policy/entropy": masked_mean(entropy, response_mask),
+        "value/explained_variance": explained_variance(values, returns, response_mask),
+        **{name: torch.stack([step[name] for step in mb_stats]).mean() for name in mb_stats[0]},
+    }
+    metrics = dict(zip(on_device, torch.stack([v.float() for v in on_device.values()]).tolist()))  # one copy
+    metrics.update(grad_norm_metrics(torch.stack(list(mb_grad_norms)), scaler, "policy", iteration))
+    metrics["objective/kl_coef"] = float(kl_coef)
+    return metrics
+
+
+def curve_metrics(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadModel, tokenizer: Any,
+                  prompts: Sequence[Sequence[int]], cfg: "PPOConfig", precision: Precision | None,
+                  threshold: float, judge: SentimentJudge) -> dict[str, float]:
+    """One point of the over-optimisation curve: `evaluate_policy` on held-out prompts, as curve/ metrics.
+
+    It samples with its own seeded generator, so it never changes what training draws: a run with the
+    curve and one without it train identically.
+    """
+    summary, _ = evaluate_policy(lm, ref_lm, reward_model, tokenizer, prompts, cfg.response_length, cfg.temperature,
+                                 seed=cfg.seed, batch_size=cfg.batch_size, precision=precision, threshold=threshold,
+                                 judge=judge, chunk_size=cfg.minibatch_size)
+    return {f"curve/{name}": summary[name] for name in
+            ("positive_share", "judge_positive_share", "kl_to_ref", "distinct_2", "eos_share", "raw_score_mean")}
 
 
 def show_source(obj: Any) -> None:
@@ -1861,19 +1968,50 @@ def check_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:
             "Train both notebooks with the same model family and profile.")
 
 
-def check_ppo_inputs(sft_model_dir: str, reward_model_dir: str) -> None:
-    """Raise one CheckpointError that names every missing input of 3-RLHF.ipynb and the notebook that writes it."""
-    missing = []
-    recover_checkpoint(sft_model_dir)
-    recover_checkpoint(reward_model_dir)
-    if not Path(sft_model_dir).is_dir():
-        missing.append(f"No SFT model at {sft_model_dir}: run 1-SFT.ipynb first (same profile), or set "
-                       "RLHF_SFT_MODEL_DIR to the folder that holds one.")
-    if not Path(reward_model_dir).is_dir():
-        missing.append(f"No reward model at {reward_model_dir}: run 2-RM Training.ipynb first (same profile), "
-                       "or set RLHF_REWARD_MODEL_DIR to the folder that holds one.")
+def fetch_from_hub(repo_id: str) -> Path:
+    """Download (or find in the local cache) a model that `push_folder_to_hub` uploaded; returns its folder.
+
+    The whole folder comes back, manifest included, so the loaders verify it as they verify a local one.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    try:
+        return Path(snapshot_download(repo_id))
+    except RepositoryNotFoundError as error:
+        raise CheckpointError(f"There is no model {repo_id!r} on the Hugging Face hub (or it is private: give a "
+                              "token that may read it, as HF_TOKEN or Colab's secret).") from error
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise _hub_error("the model", repo_id, error) from error
+
+
+# Where each input of 3-RLHF.ipynb comes from: (what, the notebook that writes it, its setting, an example hub id)
+PPO_INPUTS = {"sft_model_dir": ("SFT model", "1-SFT.ipynb", "your-name/gpt2-sst2-sft"),
+              "reward_model_dir": ("reward model", "2-RM Training.ipynb", "your-name/gpt2-sst2-reward")}
+
+
+def check_ppo_inputs(cfg: PPOConfig) -> tuple[Path, Path]:
+    """The local folders of the SFT and reward models that 3-RLHF.ipynb starts from: (sft, reward).
+
+    Each setting is a local folder, or a hub repo id ("name/repo", what push_to_hub wrote in notebooks 1
+    and 2), fetched into the local cache. A folder under output_dir is always local. One CheckpointError
+    names every input that is missing, and both ways to provide it.
+    """
+    found, missing = [], []
+    for setting, (what, notebook, example) in PPO_INPUTS.items():
+        value = getattr(cfg, setting)
+        path = recover_checkpoint(value)  # a save killed part-way left it under another name
+        local = path.is_dir() or looks_like_local_path(value) or value.startswith(cfg.output_dir.rstrip("/") + "/")
+        if path.is_dir():
+            found.append(path)
+        elif not local and HUB_REPO_ID.fullmatch(value):
+            found.append(fetch_from_hub(value))
+        else:
+            missing.append(f"No {what} at {value}: run {notebook} first (same profile; in Colab, with the same Drive "
+                           f"folder), or set {ENV_PREFIX}{setting.upper()} to a folder that holds one, or to the hub "
+                           f"repo {notebook} pushed it to with push_to_hub=True (e.g. {example}).")
     if missing:
         raise CheckpointError("\n".join(missing))
+    return found[0], found[1]
 
 
 # PPO checkpoints: policy + value head (safetensors), optimizer, loss scaler, KL coefficient, random
@@ -1898,11 +2036,12 @@ def folder_fingerprint(folder: str | Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
-def ppo_run_signature(cfg: PPOConfig) -> dict[str, Any]:
-    """What makes a checkpoint resumable by this run: the settings that change training, and the input models' contents."""
+def ppo_run_signature(cfg: PPOConfig, sft_model_path: str | Path, reward_model_path: str | Path) -> dict[str, Any]:
+    """What makes a checkpoint resumable by this run: the settings that change training, and the contents of the
+    input models (their local folders, as `check_ppo_inputs` returns them)."""
     settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in PPO_BOOKKEEPING_FIELDS}
-    return {"settings": settings, "sft_model": folder_fingerprint(cfg.sft_model_dir),
-            "reward_model": folder_fingerprint(cfg.reward_model_dir)}
+    return {"settings": settings, "sft_model": folder_fingerprint(sft_model_path),
+            "reward_model": folder_fingerprint(reward_model_path)}
 
 
 def _rng_states(generator: torch.Generator | None) -> dict[str, Any]:
@@ -1964,6 +2103,24 @@ def can_resume(folder: str | Path, signature: Mapping[str, Any]) -> tuple[bool, 
         return False, (f"The checkpoint in {folder} comes from a different run ({'; '.join(changes) or 'other settings'}): "
                        "training starts from the SFT model and will replace it.")
     return True, f"Resuming from the checkpoint in {folder}: {meta['iteration']} iterations done."
+
+
+def resume_or_start(cfg: "PPOConfig", signature: Mapping[str, Any], policy: PolicyWithValueHead,
+                    optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, kl_controller: AdaptiveKLController,
+                    generator: torch.Generator) -> tuple[int, History]:
+    """Continue from cfg.checkpoint_dir when it holds this run's checkpoint (and cfg.resume), else start over.
+
+    Prints which, and why. Starting over writes iteration 0 as a checkpoint first, so that an interrupted
+    run always restarts from a saved state. Returns (iterations done, metric history).
+    """
+    resumable, why = (can_resume(cfg.checkpoint_dir, signature) if cfg.resume
+                      else (False, "resume=False: training starts from the SFT model."))
+    print(why)
+    if resumable:
+        return load_ppo_checkpoint(cfg.checkpoint_dir, policy, optimizer, scaler, kl_controller, generator)
+    history = History()
+    save_ppo_checkpoint(cfg.checkpoint_dir, policy, optimizer, scaler, kl_controller, 0, history, generator, signature)
+    return 0, history
 
 
 def load_ppo_checkpoint(folder: str | Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer,

@@ -98,18 +98,69 @@ def peak_flops(device: torch.device) -> tuple[float | None, str]:
     return None, ""
 
 
+def _status_bytes(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (Linux), in bytes; None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_now(device: torch.device) -> int | None:
+    """Bytes in use now: tensors on the GPU (after the queued work), or this process's resident set (RSS) on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.memory_allocated(device)
+    return _status_bytes("VmRSS")
+
+
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start a new peak: PyTorch's counter on a GPU; on Linux, the kernel's resident-set high-water mark."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory(device: torch.device) -> int | None:
+    """The peak since `reset_peak_memory`: PyTorch's allocated peak on a GPU, VmHWM (peak RSS) on Linux."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _status_bytes("VmHWM")
+
+
 class PhaseClock:
-    """Wall-clock seconds per phase; synchronises the device before every reading."""
+    """Wall-clock seconds and peak memory per phase; synchronises the device before every reading.
+
+    Memory: the peak during the phase above what was in use when it began (GPU: tensors; CPU: RSS, which
+    also counts memory the allocator keeps for reuse, so it is an upper estimate of the tensors' peak).
+    """
 
     def __init__(self, device: torch.device):
-        self.device, self.seconds, self.phase, self.start = device, {}, None, 0.0
+        self.device, self.seconds, self.peak_above_start, self.phase, self.start = device, {}, {}, None, 0.0
+        self.start_memory: int | None = None
+        self.peak_absolute = 0  # the highest peak_memory reading of any phase
 
     def begin(self, phase: str | None) -> None:
         """End the running phase (if any) and start `phase` (None: stop)."""
         now = ru.device_clock(self.device)  # waits for the GPU's queued work first
         if self.phase is not None:
             self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.start
-        self.phase, self.start = phase, now
+            peak = peak_memory(self.device)
+            if peak is not None and self.start_memory is not None:
+                self.peak_above_start[self.phase] = max(self.peak_above_start.get(self.phase, 0), peak - self.start_memory)
+                self.peak_absolute = max(self.peak_absolute, peak)
+        if phase is not None:
+            self.start_memory = memory_now(self.device) if reset_peak_memory(self.device) else None
+        self.phase, self.start = phase, ru.device_clock(self.device)
 
 
 @dataclass
@@ -162,8 +213,10 @@ class PPOBench:
     """One PPO setup (models, optimiser, KL controller) and its iteration, fast or plain."""
 
     def __init__(self, size: str, shapes: Shapes, device: torch.device, precision: ru.Precision,
-                 mode: str, seed: int = 0):
+                 mode: str, seed: int = 0, rollout_chunk: int | None = None, only_rollout: bool = False):
         self.size, self.shapes, self.device, self.mode = size, shapes, device, mode
+        self.rollout_chunk = shapes.minibatch_size if rollout_chunk is None else rollout_chunk  # 0: whole batch
+        self.only_rollout = only_rollout
         self.precision = precision if mode == "fast" else ru.Precision(device, None, False)
         self.cfg = ppo_config(shapes)
         self.policy, self.ref_policy, self.reward_model = build_models(size, device, seed, as_loaded=(mode == "fast"))
@@ -251,9 +304,10 @@ class PPOBench:
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
             if fast:
                 logprobs, values, entropy = ru.policy_forward(self.policy, query_responses, attention_mask,
-                                                              response_start, cfg.temperature)  # (B, R) each
+                                                              response_start, cfg.temperature,
+                                                              chunk_size=self.rollout_chunk)  # (B, R) each
                 ref_logprobs = ru.response_logprobs(self.ref_policy, query_responses, attention_mask, response_start,
-                                                    cfg.temperature)  # (B, R)
+                                                    cfg.temperature, chunk_size=self.rollout_chunk)  # (B, R)
             else:
                 logprobs, values, entropy = self.policy_forward_plain(query_responses, attention_mask, response_start)
                 ref_logprobs = self.ref_logprobs_plain(query_responses, attention_mask, response_start)
@@ -266,7 +320,7 @@ class PPOBench:
         # (6) PPO epochs over shuffled minibatches
         clock.begin("optimisation")
         mb_stats = []
-        for _ in range(cfg.ppo_epochs):
+        for _ in range(0 if self.only_rollout else cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size, generator=self.generator, device=self.device)
             for mb_start in range(0, cfg.batch_size, cfg.minibatch_size):
                 mb = order[mb_start:mb_start + cfg.minibatch_size]
@@ -293,7 +347,8 @@ class PPOBench:
             response_mask.sum(1).float().mean(), kl_per_sequence.mean(),
             (scores - self.kl_ctl.value * kl_per_sequence).mean(), ru.masked_mean(entropy, response_mask),
             ru.explained_variance(values, returns, response_mask)]).tolist()
-        mean_stats = (torch.stack(mb_stats) if fast else torch.tensor(mb_stats)).mean(0).tolist()
+        mean_stats = ((torch.stack(mb_stats) if fast else torch.tensor(mb_stats)).mean(0).tolist() if mb_stats
+                      else [0.0] * 6)  # --only-rollout: no update
         ru.check_finite("PPO benchmark", 0, policy_loss=mean_stats[0], value_loss=mean_stats[1], kl=rollout[6])
         self.kl_ctl.update(rollout[6], cfg.batch_size)
         clock.begin(None)
@@ -302,35 +357,32 @@ class PPOBench:
                 "update_tokens": cfg.ppo_epochs * cfg.batch_size * query_responses.shape[1]}
 
 
-def gpu_memory(device: torch.device) -> int:
-    """Bytes of GPU memory held by tensors now (after the queued work); 0 on CPU."""
-    if device.type != "cuda":
-        return 0
-    torch.cuda.synchronize(device)
-    return torch.cuda.memory_allocated(device)
-
-
 def run_modes(modes: list[str], args: argparse.Namespace, shapes: Shapes, device: torch.device,
               precision: ru.Precision) -> dict[str, dict[str, Any]]:
     """Build and warm up each mode, then time their iterations interleaved (same machine conditions)."""
     benches, resident = {}, {}
     for mode in modes:
-        before = gpu_memory(device)
-        benches[mode] = PPOBench(args.size, shapes, device, precision, mode, seed=args.seed)
+        before = memory_now(device)
+        benches[mode] = PPOBench(args.size, shapes, device, precision, mode, seed=args.seed,
+                                 rollout_chunk=args.rollout_chunk, only_rollout=args.only_rollout)
         for _ in range(args.warmup):
             benches[mode].iteration(PhaseClock(device))
-        resident[mode] = gpu_memory(device) - before  # models, optimiser state: this mode's own
+        after = memory_now(device)
+        resident[mode] = after - before if None not in (before, after) else None  # models, optimiser: its own
     records: dict[str, list] = {mode: [] for mode in modes}
     for _ in range(args.iterations):
         for mode in modes:
-            base = gpu_memory(device)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
             clock = PhaseClock(device)
             stats = benches[mode].iteration(clock)
-            # peak of this mode alone: its resident memory plus what the iteration added on top of everything
-            transient = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else 0
-            records[mode].append((clock.seconds, stats, resident[mode] + transient))
+            # GPU: this mode's own peak, its resident memory plus the most any phase added on top of everything.
+            # CPU: the process's peak RSS (an allocator keeps freed memory, so per-mode residents would not add up;
+            # with --compare it holds both modes' models)
+            transient = max(clock.peak_above_start.values(), default=None)
+            if device.type == "cuda":
+                peak = resident[mode] + transient if None not in (resident[mode], transient) else None
+            else:
+                peak = clock.peak_absolute or None
+            records[mode].append((clock.seconds, stats, peak, dict(clock.peak_above_start)))
     return {mode: summarize(mode, benches[mode], records[mode], device) for mode in modes}
 
 
@@ -352,7 +404,11 @@ def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -
         "median_total_seconds": statistics.median(sum(r[0][p] for p in phases) for r in records),
         "episodes_per_second": bench.shapes.batch_size / seconds["total"],
         "generated_tokens_per_second": tokens / seconds["generation"],
-        "peak_gpu_memory_gib": max(r[2] for r in records) / 2**30 if device.type == "cuda" else None,
+        "peak_memory_gib": max(r[2] for r in records) / 2**30 if records[0][2] is not None else None,
+        "peak_memory_kind": ("GPU tensors (max_memory_allocated), this mode's own" if device.type == "cuda"
+                             else "the process's peak resident set (VmHWM)"),
+        "phase_peak_above_start_gib": {p: max(r[3].get(p, 0) for r in records) / 2**30 for p in phases}
+                                      if records[0][3] else None,
         "optimisation_flops": update_flops,
         "mfu_optimisation": update_flops / seconds["optimisation"] / peak if peak else None,
         "peak_flops": peak,
@@ -369,7 +425,9 @@ def format_table(result: dict[str, Any]) -> str:
             ("optimisation", f"{s['optimisation']:.4f}"), ("total", f"{s['total']:.4f}"),
             ("episodes / s", f"{result['episodes_per_second']:.1f}"),
             ("generated tokens / s (generation phase)", f"{result['generated_tokens_per_second']:.0f}"),
-            ("peak GPU memory", "n/a" if result["peak_gpu_memory_gib"] is None else f"{result['peak_gpu_memory_gib']:.2f} GiB"),
+            ("peak memory, " + ("GPU" if result["peak_memory_kind"].startswith("GPU") else "process RSS"),
+             "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB"),
+            *[(f"  added by {phase}", f"{gib:.3f} GiB") for phase, gib in (result["phase_peak_above_start_gib"] or {}).items()],
             ("MFU of optimisation", "n/a" if result["mfu_optimisation"] is None
              else f"{100 * result['mfu_optimisation']:.1f}% of {result['peak_flops'] / 1e12:.0f} TFLOP/s {result['peak_flops_dtype']}")]
     width = max(len(r[0]) for r in rows)
@@ -403,6 +461,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="of the fast path; auto (default): bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU")
     parser.add_argument("--mode", choices=["fast", "plain"], default="fast", help="default fast")
     parser.add_argument("--compare", action="store_true", help="run plain and fast in this process and print the ratio")
+    parser.add_argument("--rollout-chunk", type=int, help="rows per no-gradient pass of the fast path's step (3); "
+                        "default: --minibatch-size, as the notebook; 0: the whole batch at once (the peak memory "
+                        "before chunking)")
+    parser.add_argument("--only-rollout", action="store_true", help="steps (1)-(5) only, no PPO update: to measure "
+                        "the rollout's time and memory where a full iteration would take too long (a CPU at GPT-2 size)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
     args = parser.parse_args(argv)
@@ -415,6 +478,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --minibatch-size {args.minibatch_size}")
     if args.prompt_max + args.response_length > MODEL_SIZES[args.size]["n_positions"]:
         parser.error(f"--prompt-max + --response-length exceeds the {MODEL_SIZES[args.size]['n_positions']} positions of {args.size}")
+    if args.rollout_chunk is not None and args.rollout_chunk < 0:
+        parser.error("--rollout-chunk must be >= 0 (0: the whole batch)")
     if args.iterations < 1 or args.warmup < 0:
         parser.error("need --iterations >= 1 and --warmup >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -452,7 +517,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(format_table(result))
     report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
                               "device": where, "torch": torch.__version__, "load_average_1min": load,
-                              "shapes": vars(shapes), "size": args.size,
+                              "shapes": vars(shapes), "size": args.size, "only_rollout": args.only_rollout,
+                              "rollout_chunk": shapes.minibatch_size if args.rollout_chunk is None else args.rollout_chunk,
                               "iterations": args.iterations, "warmup": args.warmup, "results": results}
     if args.compare:
         ratio = results["plain"]["seconds_per_iteration"]["total"] / results["fast"]["seconds_per_iteration"]["total"]

@@ -87,7 +87,7 @@ def test_save_figure_writes_only_when_asked(tmp_path: Path) -> None:
 def test_figures_dir_does_not_block_resuming() -> None:
     a = ru.make_config(ru.PPOConfig, {"RLHF_PROFILE": "cpu"})
     b = ru.make_config(ru.PPOConfig, {"RLHF_PROFILE": "cpu", "RLHF_FIGURES_DIR": "elsewhere"})
-    assert ru.ppo_run_signature(a) == ru.ppo_run_signature(b)
+    assert ru.ppo_run_signature(a, "sft", "rm") == ru.ppo_run_signature(b, "sft", "rm")
 
 
 # A few steps of each notebook on 400 smoke sentences: the code paths of the cpu profile, not its results.
@@ -133,11 +133,12 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     assert not torch.equal(sft.transformer.wte.weight, policy.transformer.wte.weight)  # PPO changed the policy
 
     history = json.loads((out / "ppo_checkpoint" / "history.json").read_text())
-    assert [row["step"] for row in history] == [1, 2, 3]
-    assert all(0.0 <= row["env/positive_share"] <= 1.0 for row in history)
+    assert [row["step"] for row in history] == [0, 1, 2, 3]  # 0: the curve's point for the SFT policy
+    assert all(0.0 <= row["env/positive_share"] <= 1.0 for row in history[1:])
+    assert [row["step"] for row in history if "curve/judge_positive_share" in row] == [0, 3]  # start, and the end
     policy_meta = ru.verify_checkpoint(out / "ppo_policy")
     assert set(policy_meta["eval"]) >= {"positive_share", "kl_to_ref", "eos_share", "distinct_2"}
     assert 0.0 <= policy_meta["eval"]["distinct_2"] <= 1.0
 
     saved = sorted(p.name for p in figures.glob("*.png"))
-    assert {"sft_loss.png", "rm_rewards.png", "ppo_training.png", "ppo_vs_sft.png"} <= set(saved), saved
+    assert {"sft_loss.png", "rm_rewards.png", "ppo_training.png", "ppo_vs_sft.png", "overoptimisation_curve.png"} <= set(saved), saved

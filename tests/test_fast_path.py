@@ -278,8 +278,23 @@ def test_benchmark_runs_both_modes_and_writes_json(tmp_path):
         assert all(seconds[k] > 0 for k in ("generation", "scoring", "optimisation"))
         assert seconds["total"] == pytest.approx(seconds["generation"] + seconds["scoring"] + seconds["optimisation"])
         assert result["episodes_per_second"] == pytest.approx(8 / seconds["total"])
-        assert result["peak_gpu_memory_gib"] is None and result["mfu_optimisation"] is None  # CPU
+        assert result["mfu_optimisation"] is None  # CPU
+        assert "resident set" in result["peak_memory_kind"] and result["peak_memory_gib"] > 0.05  # torch alone takes more
+        assert set(result["phase_peak_above_start_gib"]) == {"generation", "scoring", "optimisation"}
         assert math.isfinite(result["last_stats"]["loss"])
+
+
+def test_the_benchmarks_cpu_memory_peak_sees_a_temporary_tensor():
+    cpu = torch.device("cpu")
+    if not ppo_bench.reset_peak_memory(cpu):
+        pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    clock = ppo_bench.PhaseClock(cpu)
+    clock.begin("small")
+    clock.begin("big")
+    temporary = torch.ones(50_000_000)  # 200 MB, freed before the phase ends
+    del temporary
+    clock.begin(None)
+    assert clock.peak_above_start["big"] > 190e6 > 20e6 > clock.peak_above_start["small"]
 
 
 def test_peak_flops_by_device_name(monkeypatch):

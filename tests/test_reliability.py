@@ -90,7 +90,7 @@ def test_the_ppo_notebook_finds_an_sft_model_whose_save_was_killed_between_the_r
             (tmp / "weights.bin").write_bytes(b"old")
     kill_save(tmp_path / "sft_model", "rename2")
     assert not (tmp_path / "sft_model").exists()
-    ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))  # no "run 1-SFT.ipynb first"
+    ru.check_ppo_inputs(ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path)}))  # no "run 1-SFT.ipynb first"
     assert ru.verify_checkpoint(tmp_path / "sft_model", deep=True)["version"] == "new"
 
 

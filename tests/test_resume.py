@@ -45,9 +45,24 @@ class Run:
         self.history = ru.History()
 
 
+class Tokenizer:  # just what evaluate_policy uses: token ids written out as text
+    eos_token_id = pad_token_id = EOS
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(t) for t in row if t != EOS) for row in rows]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+CURVE_CFG = ru.PPOConfig(batch_size=BATCH, minibatch_size=MINIBATCH, response_length=RESPONSE_LENGTH,
+                         temperature=TEMPERATURE, seed=5)
+
+
 def ppo_iterations(run: Run, start: int, stop: int, folder: Path | None = None, checkpoint_every: int = 2,
-                   poison_scores_at: int | None = None) -> None:
-    """Iterations start+1..stop of the notebook's loop, checkpointing every `checkpoint_every`."""
+                   poison_scores_at: int | None = None, curve_every: int = 0) -> None:
+    """Iterations start+1..stop of the notebook's loop, checkpointing every `checkpoint_every`, with a point of
+    the over-optimisation curve every `curve_every` iterations (0: none)."""
     for iteration in range(start + 1, stop + 1):
         # (1) sample
         picks = torch.randint(len(PROMPTS), (BATCH,), generator=run.generator).tolist()
@@ -83,8 +98,10 @@ def ppo_iterations(run: Run, start: int, stop: int, folder: Path | None = None, 
         ru.check_finite("PPO", iteration, **{"env/score_mean": scores.mean().item(), "loss/policy": pg_loss.item()})
         # (7) KL coefficient, (8) log
         run.kl_controller.update(kl_per_sequence, BATCH)
+        curve = (ru.curve_metrics(run.policy.lm, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:6], CURVE_CFG,
+                                  None, 0.0, ru.SentimentJudge()) if curve_every and iteration % curve_every == 0 else {})
         run.history.log(iteration, **{"env/score_mean": scores.mean().item(), "objective/kl": kl_per_sequence,
-                                      "objective/kl_coef": run.kl_controller.value})
+                                      "objective/kl_coef": run.kl_controller.value}, **curve)
         if folder is not None and iteration % checkpoint_every == 0:
             ru.save_ppo_checkpoint(folder, run.policy, run.optimizer, run.scaler, run.kl_controller, iteration,
                                    run.history, run.generator, SIGNATURE)
@@ -132,6 +149,25 @@ def test_resume_continues_the_run_exactly(tmp_path):
     assert_same_optimizer_state(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
     assert resumed.kl_controller.value == straight.kl_controller.value
     assert resumed.history.rows == straight.history.rows
+
+
+def test_the_curve_is_logged_restored_on_resume_and_does_not_change_training(tmp_path):
+    folder = tmp_path / "ppo_checkpoint"
+    with_curve, without = Run(), Run()
+    ppo_iterations(with_curve, 0, 4, folder, curve_every=2)
+    ppo_iterations(without, 0, 4)
+    steps = [row["step"] for row in with_curve.history.rows if "curve/kl_to_ref" in row]
+    assert steps == [2, 4]
+    assert {"curve/positive_share", "curve/judge_positive_share", "curve/distinct_2"} <= set(with_curve.history.rows[1])
+    for name, tensor in without.policy.state_dict().items():  # its own seeded generator: training is untouched
+        assert torch.equal(tensor, with_curve.policy.state_dict()[name]), name
+    resumed = Run()
+    iteration, resumed.history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
+                                                        resumed.kl_controller, resumed.generator)
+    assert iteration == 4 and resumed.history.rows == with_curve.history.rows  # the curve came back with the history
+    ppo_iterations(resumed, 4, 6, curve_every=2)
+    ppo_iterations(with_curve, 4, 6, curve_every=2)
+    assert resumed.history.rows == with_curve.history.rows
 
 
 def test_the_policy_changes_between_checkpoints(tmp_path):
@@ -190,9 +226,11 @@ def test_can_resume_only_the_same_run(tmp_path):
 
 def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
     env = {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path)}
-    base = ru.ppo_run_signature(ru.make_config(ru.PPOConfig, env))
-    assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_NUM_ITERATIONS": "99"})) == base
-    assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_VF_COEF": "0.5"})) != base
+    inputs = (tmp_path / "sft_model", tmp_path / "reward_model")
+    base = ru.ppo_run_signature(ru.make_config(ru.PPOConfig, env), *inputs)
+    for bookkeeping in ("RLHF_NUM_ITERATIONS", "RLHF_EVAL_EVERY", "RLHF_CURVE_PROMPTS"):
+        assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, bookkeeping: "7"}), *inputs) == base
+    assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_VF_COEF": "0.5"}), *inputs) != base
 
 
 def test_divergence_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
@@ -268,20 +306,20 @@ def test_score_responses_reads_the_last_real_token():
 
 
 def test_evaluate_policy_measures_what_it_sampled():
-    class Tokenizer:  # just what evaluate_policy uses
-        eos_token_id = pad_token_id = EOS
-
-        def batch_decode(self, rows, skip_special_tokens=True):
-            return [" ".join(str(t) for t in row if t != EOS) for row in rows]
-
-        def decode(self, ids):
-            return " ".join(map(str, ids))
-
     run = Run()
     summary, table = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
                                         RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
     assert len(table) == 10 and table["kl"].abs().max() == 0.0  # the reference against itself
-    assert summary["positive_share"] == (table["score"] > 0).mean()
+    assert summary["positive_share"] == (table["raw_score"] > 0).mean()
+    median = float(table["raw_score"].median())  # a pairwise reward model's threshold is such a median (notebook 2)
+    at_median, judged = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
+                                           RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4, threshold=median,
+                                           judge=ru.SentimentJudge(), chunk_size=3)
+    assert at_median["positive_share"] == (table["raw_score"] > median).mean() == 0.5
+    assert at_median["kl_to_ref"] == summary["kl_to_ref"]  # chunked passes: the same numbers
+    texts = [p + r for p, r in zip(judged["prompt"], judged["response"])]
+    assert judged["judge_score"].tolist() == ru.SentimentJudge().scores(texts)
+    assert at_median["judge_positive_share"] == (judged["judge_score"] > 0.05).mean()
     nll_per_token = table["ref_nll"].sum() / table["length"].sum()
     assert math.isclose(summary["ref_perplexity"], math.exp(nll_per_token), rel_tol=1e-9)
     assert 1.0 < summary["ref_perplexity"] < VOCAB * 3  # a random model is roughly uniform over the vocabulary
@@ -295,15 +333,20 @@ def test_evaluate_policy_measures_what_it_sampled():
     assert summary_ppo["kl_to_ref"] != 0.0
 
 
-def test_missing_inputs_name_the_notebook_and_the_variable(tmp_path):
+def test_missing_inputs_name_the_notebook_the_variable_and_the_hub(tmp_path):
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path)})
     with pytest.raises(ru.CheckpointError) as error:
-        ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))
+        ru.check_ppo_inputs(cfg)
     message = str(error.value)
-    assert "1-SFT.ipynb" in message and "RLHF_SFT_MODEL_DIR" in message
+    assert "1-SFT.ipynb" in message and "RLHF_SFT_MODEL_DIR" in message and "hub repo" in message
     assert "2-RM Training.ipynb" in message and "RLHF_REWARD_MODEL_DIR" in message
     (tmp_path / "sft_model").mkdir()
     with pytest.raises(ru.CheckpointError) as error:
-        ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))
+        ru.check_ppo_inputs(cfg)
     assert "SFT" not in str(error.value) and "2-RM Training.ipynb" in str(error.value)
     (tmp_path / "reward_model").mkdir()
-    ru.check_ppo_inputs(str(tmp_path / "sft_model"), str(tmp_path / "reward_model"))  # both there: no error
+    assert ru.check_ppo_inputs(cfg) == (tmp_path / "sft_model", tmp_path / "reward_model")  # both there
+    # the full profile's default, outputs/sft_model, stays a local path even where outputs/ does not exist yet
+    default = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": "outputs-that-do-not-exist"})
+    with pytest.raises(ru.CheckpointError, match="No SFT model at outputs-that-do-not-exist/sft_model"):
+        ru.check_ppo_inputs(default)
