@@ -112,6 +112,110 @@ class TrainingDivergedError(RLHFError, FloatingPointError):
 
 
 # -----------------------------------------------------------------------------
+# Colab: what the setup cell does there. Each notebook opened from its badge gets a runtime of its own, and a
+# recycled runtime loses its disk, so the three notebooks share one output folder on Google Drive.
+
+COLAB_KEEP = {"torch", "torchvision", "torchaudio", "ipykernel", "ipython", "jupyter", "jupyter-client",
+              "jupyter-core", "notebook", "jupyter-server"}  # Colab's own builds: never replaced
+COLAB_SETTINGS = {"REPO_URL", "DRIVE_MOUNT", "DRIVE_FOLDER", "SKIP_INSTALL"}  # RLHF_ variables of the setup cell
+
+
+def in_colab() -> bool:
+    """True inside Google Colab (its kernel imports google.colab at start)."""
+    return "google.colab" in sys.modules
+
+
+def colab_install_plan(requirements: str | Path = "requirements.txt",
+                       installed: Callable[[str], str | None] | None = None) -> list[str]:
+    """The requirements this environment lacks or has too old, never Colab's torch, ipykernel or jupyter.
+
+    `installed(name)` gives a distribution's version or None (default: importlib.metadata).
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def version_of(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+    installed = installed or version_of
+    plan = []
+    for line in Path(requirements).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        requirement = Requirement(line)
+        name = requirement.name.lower().replace("_", "-")
+        have = installed(requirement.name)
+        if have is not None and requirement.specifier.contains(have, prereleases=True):
+            continue
+        if name in COLAB_KEEP:
+            if have is not None:
+                print(f"Keeping Colab's {requirement.name} {have}, though the series was tested with {requirement}: "
+                      "replacing Colab's own build could break the runtime.")
+            continue
+        plan.append(str(requirement))
+    return plan
+
+
+def colab_install(requirements: str | Path = "requirements.txt") -> list[str]:
+    """pip-install `colab_install_plan`, printing what and how long; RLHF_SKIP_INSTALL=1 only prints the plan."""
+    import subprocess
+    plan = colab_install_plan(requirements)
+    if os.environ.get(ENV_PREFIX + "SKIP_INSTALL", "") in ("1", "true", "yes"):
+        print(f"RLHF_SKIP_INSTALL is set: not installing {plan or 'anything'}.")
+        return plan
+    if not plan:
+        print("Colab already has everything the series needs: nothing installed.")
+        return plan
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *plan], check=True)
+    print(f"installed {', '.join(plan)} in {time.perf_counter() - started:.0f} s")
+    stale = [r for r in plan if r.split("<")[0].split(">")[0].split("=")[0].strip().replace("-", "_") in sys.modules]
+    if stale:
+        print(f"{stale} were imported before the install: Runtime > Restart session, then run the notebook again.")
+    return plan
+
+
+def keep_outputs_on_drive(enabled: bool = True) -> Path | None:
+    """Mount Google Drive and point RLHF_OUTPUT_DIR at a folder there, shared by the three notebooks.
+
+    The mount point and the folder on Drive are RLHF_DRIVE_MOUNT (/content/drive) and RLHF_DRIVE_FOLDER
+    (MyDrive/rlhf-in-notebooks); each profile writes under it as it would under the repository
+    (outputs/, outputs/cpu/, outputs/smoke/). An RLHF_OUTPUT_DIR already set is kept. Without Drive
+    (declined, or the mount failed) says what is lost and returns None: outputs stay in this runtime.
+    """
+    lost = ("Outputs stay in this runtime's disk: Colab deletes them when it recycles the runtime, and the next "
+            "notebook, opened from its badge, runs in a runtime of its own and will not see them. Either run the "
+            "next notebook in this runtime (a cell with: !jupyter nbconvert --to notebook --execute "
+            "\"2-RM Training.ipynb\"), or push the models to the hub (push_to_hub=True) and point notebook 3 at them "
+            "(RLHF_SFT_MODEL_DIR / RLHF_REWARD_MODEL_DIR = your-name/...).")
+    if not enabled:
+        print("KEEP_OUTPUTS_ON_DRIVE is False. " + lost)
+        return None
+    mount_point = os.environ.get(ENV_PREFIX + "DRIVE_MOUNT", "/content/drive")
+    folder = Path(mount_point) / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
+    try:
+        from google.colab import drive
+        drive.mount(mount_point)
+        folder.mkdir(parents=True, exist_ok=True)
+    except Exception as error:  # declined in the browser, no Drive, a timeout: Colab raises several kinds
+        print(f"Google Drive could not be mounted ({type(error).__name__}: {error}). " + lost)
+        return None
+    profile = selected_profile()
+    output_dir = str(folder / PROFILE_OVERRIDES.get(profile, {}).get("*", {}).get("output_dir", BaseConfig.output_dir))
+    if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
+        print(f"Drive is mounted; RLHF_OUTPUT_DIR={os.environ[ENV_PREFIX + 'OUTPUT_DIR']} was set, so it is kept.")
+    else:
+        os.environ[ENV_PREFIX + "OUTPUT_DIR"] = output_dir
+        print(f"Outputs go to Google Drive: {output_dir} (RLHF_OUTPUT_DIR). The three notebooks share it, and a "
+              "recycled runtime loses nothing: run the notebook again and it continues from what is there.")
+    return folder
+
+
+# -----------------------------------------------------------------------------
 # Config
 
 ENV_PREFIX = "RLHF_"
@@ -335,7 +439,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 ALL_CONFIGS: tuple[type, ...] = (SFTConfig, RMConfig, PPOConfig)
-RESERVED_ENV = {"PROFILE", "SMOKE"}
+RESERVED_ENV = {"PROFILE", "SMOKE"} | COLAB_SETTINGS
 ENV_ALIASES = {"model": "model_name", "dataset": "dataset_name"}  # RLHF_MODEL, RLHF_DATASET
 
 
@@ -2039,7 +2143,10 @@ def folder_fingerprint(folder: str | Path) -> str:
 def ppo_run_signature(cfg: PPOConfig, sft_model_path: str | Path, reward_model_path: str | Path) -> dict[str, Any]:
     """What makes a checkpoint resumable by this run: the settings that change training, and the contents of the
     input models (their local folders, as `check_ppo_inputs` returns them)."""
-    settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in PPO_BOOKKEEPING_FIELDS}
+    def portable(value: Any) -> Any:  # a path inside output_dir is the same setting wherever output_dir is mounted
+        prefix = cfg.output_dir.rstrip("/") + "/"
+        return "{output_dir}/" + value[len(prefix):] if isinstance(value, str) and value.startswith(prefix) else value
+    settings = {f.name: portable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in PPO_BOOKKEEPING_FIELDS}
     return {"settings": settings, "sft_model": folder_fingerprint(sft_model_path),
             "reward_model": folder_fingerprint(reward_model_path)}
 

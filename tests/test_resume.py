@@ -231,6 +231,10 @@ def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
     for bookkeeping in ("RLHF_NUM_ITERATIONS", "RLHF_EVAL_EVERY", "RLHF_CURVE_PROMPTS"):
         assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, bookkeeping: "7"}), *inputs) == base
     assert ru.ppo_run_signature(ru.make_config(ru.PPOConfig, {**env, "RLHF_VF_COEF": "0.5"}), *inputs) != base
+    # the output folder mounted elsewhere (another Colab runtime): the smoke data inside it is the same setting
+    moved = ru.make_config(ru.PPOConfig, {**env, "RLHF_OUTPUT_DIR": str(tmp_path / "mounted-elsewhere")})
+    assert moved.dataset_name != ru.make_config(ru.PPOConfig, env).dataset_name
+    assert ru.ppo_run_signature(moved, *inputs) == base
 
 
 def test_divergence_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
