@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
+import smoke_data  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Deprecations: a test fails when one of the project's own calls into transformers, datasets, torch (or
@@ -120,7 +121,7 @@ def smoke_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def smoke_rows() -> dict[str, list[dict]]:
     """The smoke SST-2 rows as Python dicts (the same data the smoke folder holds)."""
-    return ru.make_smoke_sst2(**ru.SMOKE_DATA_SIZES, seed=0)
+    return smoke_data.make_smoke_sst2(**ru.SMOKE_DATA_SIZES, seed=0)
 
 
 @pytest.fixture(scope="session")

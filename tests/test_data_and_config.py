@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import rlhf_utils as ru
+import smoke_data
 
 # ---------------------------------------------------------------------------
 # Profiles
@@ -365,9 +366,9 @@ def test_make_preference_pairs():
 # The smoke data
 
 def test_make_smoke_sst2():
-    data = ru.make_smoke_sst2(n_train=400, n_validation=100, seed=5)
-    assert data == ru.make_smoke_sst2(n_train=400, n_validation=100, seed=5)  # deterministic
-    assert data != ru.make_smoke_sst2(n_train=400, n_validation=100, seed=6)
+    data = smoke_data.make_smoke_sst2(n_train=400, n_validation=100, seed=5)
+    assert data == smoke_data.make_smoke_sst2(n_train=400, n_validation=100, seed=5)  # deterministic
+    assert data != smoke_data.make_smoke_sst2(n_train=400, n_validation=100, seed=6)
     seen = set()
     for split, n in (("train", 400), ("validation", 100)):
         rows = data[split]
@@ -378,7 +379,7 @@ def test_make_smoke_sst2():
         for r in rows:
             s = r["sentence"]
             assert s == s.lower() and s.endswith(" ") and not s.endswith("  ") and not s.startswith(" ")
-            assert "  " not in s and ru.MIN_WORDS <= len(s.split()) <= ru.MAX_WORDS
+            assert "  " not in s and smoke_data.MIN_WORDS <= len(s.split()) <= smoke_data.MAX_WORDS
             assert s not in seen  # no duplicates, so no validation sentence is in train
             seen.add(s)
 
