@@ -1543,6 +1543,11 @@ def validation_loss(lm: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.T
     return total.item() / max(count, 1)
 
 
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """Steps of linear warmup: warmup_ratio of the steps, rounded up (so any ratio > 0 warms up at least one step)."""
+    return math.ceil(warmup_ratio * total_steps)
+
+
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """Learning-rate multiplier per step: linear warmup from 0, then cosine, linear or no decay."""
     def multiplier(step: int) -> float:

@@ -2,12 +2,16 @@
 before/after tables, the learning-rate schedule, the optimiser's parameter groups, one optimiser
 step with clipping, and the early check that an output folder is writable."""
 import math
+import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
 
 import rlhf_utils as ru
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def causal_lm_loss_by_loop(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -138,3 +142,31 @@ def test_history_keeps_namespaced_series():
     assert history.series("loss/policy") == ([1], [0.5])
     assert history.last("env/reward_mean") == 2.0
     assert list(history.to_frame().columns) == ["env/reward_mean", "loss/policy"]
+
+
+def test_warmup_rounds_up_the_same_way_in_both_notebooks():
+    assert ru.warmup_steps(0.05, 100) == 5
+    assert ru.warmup_steps(0.05, 110) == 6  # 5.5 rounds up (int() in notebook 2 rounded it down)
+    assert ru.warmup_steps(0.01, 10) == 1 and ru.warmup_steps(0.0, 10) == 0
+    import nbformat
+    for name in ("1-SFT.ipynb", "2-RM Training.ipynb"):
+        source = "\n".join(c.source for c in nbformat.read(ROOT / name, as_version=4).cells if c.cell_type == "code")
+        assert "ru.warmup_steps(cfg.warmup_ratio" in source and "int(cfg.warmup_ratio" not in source, name
+
+
+def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, monkeypatch):
+    """Short full-profile checks were slow because validation could not be cut (872 sentences, every eval)."""
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+    for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_EVAL_SENTENCES": "40",
+                        "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    ru.prepare_profile(ru.make_config(ru.SFTConfig))
+    for notebook, check in [("1-SFT.ipynb", "len(validation_split)"), ("2-RM Training.ipynb", "len(val_sentences)")]:
+        nb = nbformat.read(ROOT / notebook, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        code = code[:next(i for i, c in enumerate(code) if "ru.load_sst2(" in c.source) + 1]  # setup, config, data
+        nb.cells = code + [nbformat.v4.new_code_cell(f"print('validating on', {check})")]
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        assert "validating on 40" in nb.cells[-1].outputs[0]["text"], notebook
