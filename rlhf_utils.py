@@ -385,7 +385,7 @@ class PPOConfig(BaseConfig):
     init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start", bounds="[0, 100]")
     adaptive_kl: bool = param(True, "adapt beta towards kl_target (Ziegler et al. 2019) or keep it fixed")
     kl_target: float = param(6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for", bounds="(0, inf)")
-    kl_horizon: int = param(10000, "episodes over which the adaptive controller moves beta", bounds="[1, inf)")
+    kl_horizon: int = param(2560, "episodes over which the adaptive controller can move beta by about 22% (e^0.2); 2560 = 10 iterations of 256", bounds="[1, inf)")
     whiten_advantages: bool = param(True, "normalise advantages to mean 0, std 1 over each batch")
     normalize_scores: bool = param(True, "use (score - mean) / std with the statistics saved beside the reward model")
     missing_eos_penalty: float = param(1.0, "subtracted from the (normalised) score of a response that did not end with EOS", bounds="[0, 100]")
@@ -938,7 +938,7 @@ class ScalarHeadModel(nn.Module):
         return self.head(hidden).float()  # (B, T)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The reward: the scalar at each row's last real token, (B,)."""
+        """The score r(x): the scalar at each row's last real token, (B,)."""
         values = self(input_ids, attention_mask)  # (B, T)
         return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
 
@@ -975,7 +975,7 @@ def build_reward_model(trunk_name_or_path: str, device: torch.device | str = "cp
 @torch.no_grad()
 def score_sentences(reward_model: ScalarHeadModel, tokenizer: Any, sentences: Sequence[str], batch_size: int = 64,
                     precision: Precision | None = None, max_length: int = 64) -> torch.Tensor:
-    """Rewards of sentences (tokens cut to max_length - 1, then EOS), in eval mode: (N,) float32 on CPU.
+    """Scores of sentences (tokens cut to max_length - 1, then EOS), in eval mode: (N,) float32 on CPU.
 
     Sentences are scored in batches of similar length (less padding) and returned in their own order;
     the model's train/eval mode is restored afterwards. max_length = k + 1 scores the first k tokens.
@@ -1464,9 +1464,9 @@ def bce_reward_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(rewards, labels.to(rewards.dtype))
 
 
-def pairwise_reward_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> torch.Tensor:
+def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
     """Bradley-Terry loss [Ouyang22 eq. 1]: mean of -log sigmoid(r_chosen - r_rejected)."""
-    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    return -F.logsigmoid(chosen_scores - rejected_scores).mean()
 
 
 def roc_auc(scores: torch.Tensor | Sequence[float], labels: torch.Tensor | Sequence[int]) -> float:
@@ -1683,7 +1683,7 @@ def device_clock(device: torch.device) -> float:
 
 
 class History:
-    """Namespaced scalars over steps (e.g. 'env/reward_mean'), one row per logged step."""
+    """Namespaced scalars over steps (e.g. 'env/score_mean'), one row per logged step."""
 
     def __init__(self, rows: list[dict[str, float]] | None = None):
         self.rows: list[dict[str, float]] = rows or []
@@ -1765,6 +1765,41 @@ def ppo_metrics(raw_scores: torch.Tensor, positive: torch.Tensor, scores: torch.
     metrics.update(grad_norm_metrics(torch.stack(list(mb_grad_norms)), scaler, "policy", iteration))
     metrics["objective/kl_coef"] = float(kl_coef)
     return metrics
+
+
+# Rules of thumb for reading a PPO run, with the numbers notebook 3 (section 5) explains. They come from PPO
+# practice (the logs of OpenAI's baselines, [Huang24]'s runs, CleanRL's defaults), not from a theorem: a value
+# outside them is a reason to look, not a verdict. (metric, summary, low, high, what outside the range usually means)
+PPO_RULES_OF_THUMB: list[tuple[str, str, float, float, str]] = [
+    ("policy/clipfrac", "mean", 0.0, 0.3, "above 0.3: the updates are large; most of the batch hits the clip "
+     "(lower learning_rate or ppo_epochs)"),
+    ("policy/approx_kl", "mean", 0.0, 0.05, "above 0.05 nats per token: each epoch moves the policy far from the one "
+     "that sampled, so the clipped objective no longer describes the update (lower learning_rate)"),
+    ("value/explained_variance", "last quarter", 0.2, 1.0, "below 0.2: the value head predicts the returns little "
+     "better than a constant, and the advantages are mostly noise (raise vf_coef, or train longer); below 0: worse"),
+    ("policy/entropy", "last / first", 0.3, 1.5, "below 0.3 of its start: the policy collapsed onto a few "
+     "continuations (raise the KL coefficient); above 1.5: it became more random than the SFT model"),
+    ("objective/kl", "last / target", 0.5, 2.0, "far below the target: beta holds the policy back; far above: the "
+     "policy drifts faster than beta reacts (a smaller kl_horizon reacts sooner)"),
+]
+
+
+def ppo_health_table(history: History, cfg: "PPOConfig") -> "pd.DataFrame":
+    """The run's own values beside the rules of thumb (PPO_RULES_OF_THUMB): the healthy range, and what it means
+    where a value falls outside. The KL row applies to the adaptive controller only (a fixed beta has no target)."""
+    import pandas as pd
+    rows = []
+    for metric, summary, low, high, meaning in PPO_RULES_OF_THUMB:
+        steps, values = history.series(metric)
+        if not values or (metric == "objective/kl" and not cfg.adaptive_kl):
+            continue
+        quarter = values[-max(1, len(values) // 4):]
+        value = {"mean": float(np.mean(values)), "last quarter": float(np.mean(quarter)),
+                 "last / first": float(np.mean(quarter)) / max(abs(values[0]), 1e-8),
+                 "last / target": float(np.mean(quarter)) / cfg.kl_target}[summary]
+        rows.append({"metric": metric, "this run": f"{value:.3g} ({summary})", "healthy": f"{low:g} to {high:g}",
+                     "reading": "within the range" if low <= value <= high else meaning})
+    return pd.DataFrame(rows).set_index("metric")
 
 
 def curve_metrics(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadModel, tokenizer: Any,
@@ -2022,13 +2057,13 @@ REWARD_MODEL_LAYOUT = 2  # 2: reward_config.json holds the decision threshold
 REWARD_CONFIG = "reward_config.json"
 
 
-def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path, reward_mean: float,
-                      reward_std: float, threshold: float, meta: Mapping[str, Any] | None = None) -> Path:
+def save_reward_model(model: ScalarHeadModel, tokenizer: Any, folder: str | Path, score_mean: float,
+                      score_std: float, threshold: float, meta: Mapping[str, Any] | None = None) -> Path:
     """Save the reward model atomically: trunk + head weights (safetensors), its config, the tokenizer, and in
     reward_config.json the normalisation (mean, std) and the threshold above which a raw score means "positive"."""
     from safetensors.torch import save_file
     info = {"layout": REWARD_MODEL_LAYOUT, "head": "linear(hidden_size -> 1) on the last real token",
-            "reward_mean": float(reward_mean), "reward_std": float(reward_std), "threshold": float(threshold),
+            "score_mean": float(score_mean), "score_std": float(score_std), "threshold": float(threshold),
             "vocabulary": vocabulary_fingerprint(tokenizer), **(meta or {})}
     with atomic_directory(folder, {"kind": "reward_model", **info}) as tmp:
         model.trunk.config.save_pretrained(tmp)

@@ -228,7 +228,7 @@ class PPOBench:
             self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=self.cfg.learning_rate, fused=False)
         self.scaler = self.precision.grad_scaler()
         self.kl_ctl = ru.AdaptiveKLController(self.cfg.init_kl_coef, self.cfg.kl_target, self.cfg.kl_horizon)
-        self.reward_mean, self.reward_std = 0.0, 1.0  # saved beside a trained reward model; identity here
+        self.score_mean, self.score_std = 0.0, 1.0  # saved beside a trained reward model; identity here
         self.generator = torch.Generator(device).manual_seed(seed)
         self.prompt_generator = torch.Generator().manual_seed(seed + 1)
 
@@ -299,7 +299,7 @@ class PPOBench:
         clock.begin("scoring")
         with torch.no_grad(), autocast():
             raw_scores = ru.score_responses(self.reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (B,)
-            scores = (raw_scores - self.reward_mean) / self.reward_std
+            scores = (raw_scores - self.score_mean) / self.score_std
             has_eos = ru.ends_with_eos(responses, response_mask, self.eos_id)  # (B,)
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
             if fast:

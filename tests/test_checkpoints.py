@@ -129,7 +129,7 @@ def test_load_causal_lm_refuses_a_corrupt_folder(tmp_path, tiny_lm, tokenizer):
 def saved_reward_model(tmp_path, smoke_dirs, tokenizer):
     torch.manual_seed(0)
     model = ru.build_reward_model(str(smoke_dirs["base"])).eval()
-    folder = ru.save_reward_model(model, tokenizer, tmp_path / "rm", reward_mean=0.25, reward_std=1.5,
+    folder = ru.save_reward_model(model, tokenizer, tmp_path / "rm", score_mean=0.25, score_std=1.5,
                                   threshold=-0.75, meta={"loss": "bce"})
     return model, folder
 
@@ -138,7 +138,7 @@ def test_save_and_load_reward_model(saved_reward_model, tokenizer):
     model, folder = saved_reward_model
     loaded, loaded_tokenizer, info = ru.load_reward_model(folder)
     assert not loaded.training
-    assert info["reward_mean"] == 0.25 and info["reward_std"] == 1.5 and info["loss"] == "bce"
+    assert info["score_mean"] == 0.25 and info["score_std"] == 1.5 and info["loss"] == "bce"
     assert info["threshold"] == -0.75
     assert info["layout"] == ru.REWARD_MODEL_LAYOUT
     ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
@@ -167,6 +167,38 @@ def test_load_reward_model_refuses_other_folders(tmp_path, saved_reward_model, t
         ru.load_reward_model(tmp_path / "rm_v99")
     with pytest.raises(ru.CheckpointError, match="2-RM Training"):
         ru.load_reward_model(tmp_path / "missing")
+
+
+def test_a_saved_reward_model_with_a_flipped_byte_or_an_old_layout_is_refused(tmp_path, saved_reward_model):
+    """What notebook 2 used to demonstrate in a cell: damage and an older layout are caught on load."""
+    _, good = saved_reward_model
+    damaged = shutil.copytree(good, tmp_path / "damaged")
+    with open(damaged / "model.safetensors", "r+b") as f:  # flip the last byte of the weights
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
+    with pytest.raises(ru.CheckpointError, match="model.safetensors is missing or does not match its manifest"):
+        ru.load_reward_model(damaged)
+    old = shutil.copytree(good, tmp_path / "old_layout")
+    (old / ru.MANIFEST).unlink()  # like a folder an older version wrote: no manifest, layout 1, no threshold
+    info = json.loads((old / ru.REWARD_CONFIG).read_text())
+    info.pop("threshold")
+    (old / ru.REWARD_CONFIG).write_text(json.dumps({**info, "layout": 1}))
+    with pytest.raises(ru.CheckpointError, match="layout 1.*Re-run 2-RM Training.ipynb"):
+        ru.load_reward_model(old)
+
+
+def test_check_sst2_refuses_labels_other_than_0_1_and_a_missing_label_column():
+    import datasets
+    bad = datasets.DatasetDict({split: datasets.Dataset.from_dict({"sentence": ["great fun", "dull"], "label": [4, 0]})
+                                for split in ("train", "validation")})
+    with pytest.raises(ru.DatasetSchemaError, match=r"labels \[0, 4\]"):
+        ru.check_sst2(bad)
+    no_labels = datasets.DatasetDict({split: datasets.Dataset.from_dict({"sentence": ["great fun"]})
+                                      for split in ("train", "validation")})
+    with pytest.raises(ru.DatasetSchemaError, match="no 'label' column"):
+        ru.check_sst2(no_labels)
 
 
 def test_check_same_vocabulary_refuses_another_tokenizer(tokenizer, smoke_rows):

@@ -123,7 +123,7 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     sft = ru.load_causal_lm(str(out / "sft_model"))
     reward_model, reward_tokenizer, info = ru.load_reward_model(out / "reward_model")
     assert info["profile"] == "cpu" and info["trained_from"] == str(out / "base_model")
-    assert info["reward_std"] > 0 and abs(info["reward_mean"]) < 1e3
+    assert info["score_std"] > 0 and abs(info["score_mean"]) < 1e3
     policy = ru.load_causal_lm(str(out / "ppo_policy"))
     for other in (ru.load_tokenizer(str(out / "sft_model")), reward_tokenizer, ru.load_tokenizer(str(out / "ppo_policy"))):
         ru.check_same_vocabulary(tokenizer, other)  # raises when the token ids mean other words
@@ -141,4 +141,4 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     assert 0.0 <= policy_meta["eval"]["distinct_2"] <= 1.0
 
     saved = sorted(p.name for p in figures.glob("*.png"))
-    assert {"sft_loss.png", "rm_rewards.png", "ppo_training.png", "ppo_vs_sft.png", "overoptimisation_curve.png"} <= set(saved), saved
+    assert {"sft_loss.png", "rm_scores.png", "ppo_training.png", "ppo_vs_sft.png", "overoptimisation_curve.png"} <= set(saved), saved

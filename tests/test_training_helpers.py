@@ -136,12 +136,12 @@ def test_check_writable_fails_early_with_a_message(tmp_path):
 
 def test_history_keeps_namespaced_series():
     history = ru.History()
-    history.log(0, **{"env/reward_mean": 1.0})
-    history.log(1, **{"env/reward_mean": 2.0, "loss/policy": 0.5})
-    assert history.series("env/reward_mean") == ([0, 1], [1.0, 2.0])
+    history.log(0, **{"env/score_mean": 1.0})
+    history.log(1, **{"env/score_mean": 2.0, "loss/policy": 0.5})
+    assert history.series("env/score_mean") == ([0, 1], [1.0, 2.0])
     assert history.series("loss/policy") == ([1], [0.5])
-    assert history.last("env/reward_mean") == 2.0
-    assert list(history.to_frame().columns) == ["env/reward_mean", "loss/policy"]
+    assert history.last("env/score_mean") == 2.0
+    assert list(history.to_frame().columns) == ["env/score_mean", "loss/policy"]
 
 
 def test_warmup_rounds_up_the_same_way_in_both_notebooks():
@@ -170,3 +170,20 @@ def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, m
         nb.cells = code + [nbformat.v4.new_code_cell(f"print('validating on', {check})")]
         nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
         assert "validating on 40" in nb.cells[-1].outputs[0]["text"], notebook
+
+
+def test_the_health_table_flags_values_outside_the_rules_of_thumb():
+    history = ru.History()
+    for step in range(1, 21):
+        history.log(step, **{"policy/clipfrac": 0.1, "policy/approx_kl": 0.2 if step > 10 else 0.01,
+                             "value/explained_variance": step / 20, "policy/entropy": 2.0 - step * 0.09,
+                             "objective/kl": 6.0})
+    cfg = ru.make_config(ru.PPOConfig, {}, kl_target=6.0)
+    table = ru.ppo_health_table(history, cfg)
+    assert table.loc["policy/clipfrac", "reading"] == "within the range"
+    assert table.loc["policy/approx_kl", "reading"].startswith("above 0.05")  # mean 0.105
+    assert table.loc["value/explained_variance", "reading"] == "within the range"  # last quarter 0.9
+    assert table.loc["policy/entropy", "reading"].startswith("below 0.3")  # 0.29 / 1.91 of its start
+    assert table.loc["objective/kl", "reading"] == "within the range"
+    fixed = ru.ppo_health_table(history, ru.make_config(ru.PPOConfig, {}, adaptive_kl=False))
+    assert "objective/kl" not in fixed.index  # a fixed beta has no target to compare with
