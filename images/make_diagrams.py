@@ -7,7 +7,7 @@ Run from anywhere:
 It writes four PNG files next to this script:
 
     rlhf_pipeline.png   the three stages (SFT -> reward model -> PPO)
-    reward_model.png    GPT-2 trunk + scalar head read at the last real token
+    reward_model.png    GPT-2 trunk + scalar head read at the last real token: the EOS appended to the sentence
     ppo_loop.png        one PPO iteration as a cycle of eight steps
     sft_masking.png     why the SFT loss mask must come from the attention mask
 
@@ -235,11 +235,11 @@ def draw_rlhf_pipeline():
 # 2. Reward model: GPT-2 trunk + scalar head at the last real token
 # ---------------------------------------------------------------------------
 def draw_reward_model():
-    fig, ax = new_canvas(11.9, 6.6, y_min=0.25)
-    tokens = ["the", "film", "is", "a", "triumph", "<pad>", "<pad>"]
-    n_real = 5
+    fig, ax = new_canvas(12.9, 6.85, y_min=0.0)
+    tokens = ["the", "film", "is", "a", "triumph", "EOS", "pad", "pad"]
+    n_real = 6  # the sentence's tokens and the EOS appended to it (tokenize_sentences); then padding
     last = n_real - 1
-    step = 1.06
+    step = 1.0
     x0 = 1.85
     xs = [x0 + i * step for i in range(len(tokens))]
     tok_y, trunk_y, hid_y = 0.75, 2.35, 3.95
@@ -249,15 +249,18 @@ def draw_reward_model():
     # token row
     for i, (x, tok) in enumerate(zip(xs, tokens)):
         is_pad = i >= n_real
-        style = GREY if is_pad else SFT
-        box(ax, x, tok_y, 0.96, 0.52, "#F7F7F8" if is_pad else style["fill"],
-            style["edge"], lw=1.3, ls="--" if is_pad else "-")
+        style = GREY if is_pad else (PPO if i == last else SFT)
+        box(ax, x, tok_y, 0.9, 0.52, "#F7F7F8" if is_pad else style["fill"],
+            style["edge"], lw=2.0 if i == last else 1.3, ls="--" if is_pad else "-")
         text(ax, x, tok_y, tok, size=12,
              color=MUTED if is_pad else TEXT,
              family="DejaVu Sans Mono" if is_pad else "DejaVu Sans")
         arrow(ax, [(x, tok_y + 0.28), (x, trunk_y - 0.5)],
               color=GREY["edge"] if is_pad else ARROW, lw=1.4, head=9)
     text(ax, xs[0] - 0.6, tok_y, "tokens", size=11, color=MUTED, ha="right")
+    text(ax, xs[last], tok_y - 0.45, "appended", size=10, color=accent, style="italic")
+    text(ax, (xs[n_real] + xs[-1]) / 2, tok_y - 0.45, "padding (also EOS in GPT-2)", size=10, color=MUTED,
+         style="italic")
 
     # transformer trunk
     trunk_w = xs[-1] - xs[0] + 1.08
@@ -292,12 +295,12 @@ def draw_reward_model():
     by = hid_y + 0.42
     ax.plot([pad_l, pad_l, pad_r, pad_r], [by - 0.08, by, by, by - 0.08],
             color=MUTED, lw=1.2, zorder=3)
-    text(ax, (pad_l + pad_r) / 2, by + 0.22, "padding: not read", size=11,
+    text(ax, (pad_l + pad_r) / 2, by + 0.22, "not read", size=11,
          color=MUTED, style="italic")
 
     # last-token callout, left of the arrow into the head
     text(ax, xs[last] - 0.2, (hid_y + head_y) / 2,
-         "read here: the last real token\n(its index comes from the attention mask)",
+         "read here: the last real token, the appended EOS\n(its index comes from the attention mask)",
          size=11, color=accent, ha="right", linespacing=1.35)
 
     # linear head and scalar output
@@ -310,11 +313,11 @@ def draw_reward_model():
     arrow(ax, [(hx, head_y + 0.3), (hx, out_y - 0.27)], color=accent, lw=2.2)
     box(ax, hx, out_y, 3.7, 0.52, accent, accent, lw=1.8)
     text(ax, hx, out_y,
-         "reward  $r(x) = w \\cdot h_{\\mathrm{last}} + b$", size=13,
+         "score  $r(x) = w \\cdot h_{\\mathrm{EOS}} + b$", size=13,
          color="white", weight="bold")
 
     # side note: the same head as a value function in PPO
-    nx, ny, nw, nh = 10.35, 4.45, 2.7, 1.9
+    nx, ny, nw, nh = 11.2, 4.45, 2.7, 1.9
     box(ax, nx, ny, nw, nh, PURPLE["fill"], PURPLE["edge"], lw=1.3, ls="--",
         radius=0.12)
     text(ax, nx, ny + 0.62, "In PPO (notebook 3)", size=11,
@@ -338,8 +341,8 @@ PPO_STEPS = [
      "$r_t = -\\beta\\,(\\log\\pi_\\theta - \\log\\pi_{\\mathrm{ref}})$\n+ score on the last token", RM),
     ("GAE", "advantages $\\hat A_t$ and\nreturns $R_t$  ($\\gamma$, $\\lambda$)", RM),
     ("PPO epochs", "over minibatches: clipped\npolicy loss + clipped value loss", PPO),
-    ("Update $\\beta$", "adaptive KL controller\n(keep KL near a target)", PURPLE),
-    ("Log metrics", "reward, KL, entropy,\nclip fraction, ...", PURPLE),
+    ("Update $\\beta$", "nudge $\\beta$ towards a target KL\n(or keep it fixed)", PURPLE),
+    ("Log, evaluate", "metrics; every few iterations\nthe curve; a checkpoint", PURPLE),
 ]
 
 
