@@ -4,8 +4,10 @@ The three notebooks teach; this module holds the one implementation of each piec
 so that the tests in `tests/` check exactly the code the notebooks run. It reads top to bottom
 in the order a learner meets the pieces:
 
-    config -> device and precision -> data -> models -> generation -> PPO math
-    -> training helpers -> plots -> checkpoints -> profiles (smoke / cpu assets)
+    hub access -> Colab setup -> config -> device and precision -> data -> models -> generation
+    -> PPO math and evaluation -> training helpers -> plots -> checkpoints -> profiles (smoke / cpu assets)
+
+The smoke profile's sentence grammar lives in smoke_data.py, out of the way.
 
 Shapes: B = batch, T = tokens, P = prompt tokens, R = response tokens, V = vocabulary, H = hidden.
 `mask` tensors are 1 on the tokens that count (response tokens in PPO) and 0 elsewhere.
@@ -17,11 +19,16 @@ References (equation numbers are the papers'):
 - [Schulman16] Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
                Estimation", 2016, arXiv:1506.02438. Eq. (16): GAE(gamma, lambda).
 - [Schulman17] Schulman et al., "Proximal Policy Optimization Algorithms", 2017, arXiv:1707.06347.
-               Eq. (7): the clipped surrogate objective; Eq. (9): value loss and entropy bonus.
+               Eq. (7): the clipped surrogate objective; Eq. (9): the combined loss with a plain squared-error
+               value loss. The clipped value loss is from OpenAI's implementation (baselines, ppo2).
 - [Ouyang22]   Ouyang et al., "Training language models to follow instructions with human
                feedback" (InstructGPT), 2022, arXiv:2203.02155. Eq. (1): the pairwise reward loss.
 - [Huang24]    Huang et al., "The N+ Implementation Details of RLHF with PPO: A Case Study on
                TL;DR Summarization", 2024, arXiv:2403.17031.
+- [Gao23]      Gao, Schulman and Hilton, "Scaling Laws for Reward Model Overoptimization", 2023,
+               arXiv:2210.10760: the proxy reward keeps rising while the gold one falls (the curve of notebook 3).
+- [Hutto14]    Hutto and Gilbert, "VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
+               Media Text", ICWSM 2014: the independent judge (SentimentJudge).
 """
 from __future__ import annotations
 
@@ -348,7 +355,7 @@ class RMConfig(BaseConfig):
     eval_sentences: int = param(0, "validation sentences scored during and after training (0 = all); fewer make short checks faster", bounds="[0, inf)")
     eval_every: int = param(500, "validate every this many steps", bounds="[1, inf)")
     prefix_lengths: str = param("2|4|8|16", "prefix lengths in tokens for the truncated-sentence accuracy, separated by '|'", nonempty=True)
-    norm_samples: int = param(4000, "training sentences scored to record the reward's mean and standard deviation", bounds="[2, inf)")
+    norm_samples: int = param(4000, "training sentences scored to record the score's mean and standard deviation (saved for notebook 3)", bounds="[2, inf)")
     save_worse_model: bool = param(False, "save the model even when its validation AUC ended worse than at the start, than its best, or than the model already saved")
 
     def __post_init__(self) -> None:
@@ -1126,7 +1133,7 @@ def sample_continuations(lm: nn.Module, tokenizer: Any, prompts: Sequence[Sequen
 
 
 # -----------------------------------------------------------------------------
-# PPO math. Tensors are (B, T); `mask` is 1 on response tokens.
+# PPO math, and the evaluation of notebooks 2 and 3. Tensors are (B, T); `mask` is 1 on response tokens.
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[labels] per token: (B, T, V), (B, T) -> (B, T), computed in fp32."""
@@ -1229,7 +1236,8 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 
 def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                    mask: torch.Tensor, clip_range_value: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped value loss, 0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
+    """The clipped value loss of PPO implementations (baselines' ppo2; [Schulman17] eq. 9 has it unclipped):
+    0.5 * masked mean of max((V - R)^2, (clip(V, V_old +- eps) - R)^2)."""
     values_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     unclipped = (values - returns) ** 2
     clipped = (values_clipped - returns) ** 2
@@ -1459,9 +1467,9 @@ def evaluate_policy(lm: nn.Module, ref_lm: nn.Module, reward_model: ScalarHeadMo
     return summary, table
 
 
-def bce_reward_loss(rewards: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with the reward as the logit: -[y log sigmoid(r) + (1 - y) log sigmoid(-r)], mean."""
-    return F.binary_cross_entropy_with_logits(rewards, labels.to(rewards.dtype))
+def bce_reward_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the score as the logit: -[y log sigmoid(r) + (1 - y) log sigmoid(-r)], mean."""
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
