@@ -2120,20 +2120,26 @@ def check_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:
             "Train both notebooks with the same model family and profile.")
 
 
-def fetch_from_hub(repo_id: str) -> Path:
+def fetch_from_hub(repo_id: str, what: str = "model", setting: str = "sft_model_dir",
+                   notebook: str = "1-SFT.ipynb") -> Path:
     """Download (or find in the local cache) a model that `push_folder_to_hub` uploaded; returns its folder.
 
     The whole folder comes back, manifest included, so the loaders verify it as they verify a local one.
+    Errors name the setting that asked for it and the local way instead.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    instead = (f"Or set {ENV_PREFIX}{setting.upper()} to a local folder that holds one (run {notebook} first; in "
+               "Colab, with the outputs on the same Drive folder).")
     try:
         return Path(snapshot_download(repo_id))
     except RepositoryNotFoundError as error:
-        raise CheckpointError(f"There is no model {repo_id!r} on the Hugging Face hub (or it is private: give a "
-                              "token that may read it, as HF_TOKEN or Colab's secret).") from error
+        raise CheckpointError(f"There is no {what} {repo_id!r} on the Hugging Face hub (or it is private: give a "
+                              f"token that may read it, as HF_TOKEN or Colab's secret). {instead}") from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
-        raise _hub_error("the model", repo_id, error) from error
+        raise HubUnavailableError(f"Could not fetch the {what} {repo_id!r} from the Hugging Face hub "
+                                  f"({type(error).__name__}): no connection, and no copy in the local cache. Check "
+                                  f"the internet connection (in Colab: Runtime > Restart). {instead}") from error
 
 
 # Where each input of 3-RLHF.ipynb comes from: (what, the notebook that writes it, its setting, an example hub id)
@@ -2156,7 +2162,7 @@ def check_ppo_inputs(cfg: PPOConfig) -> tuple[Path, Path]:
         if path.is_dir():
             found.append(path)
         elif not local and HUB_REPO_ID.fullmatch(value):
-            found.append(fetch_from_hub(value))
+            found.append(fetch_from_hub(value, what, setting, notebook))
         else:
             missing.append(f"No {what} at {value}: run {notebook} first (same profile; in Colab, with the same Drive "
                            f"folder), or set {ENV_PREFIX}{setting.upper()} to a folder that holds one, or to the hub "

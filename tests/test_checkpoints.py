@@ -226,3 +226,56 @@ def test_hub_name_offline_fails_fast_with_a_helpful_message(load):
     message = str(info.value)
     assert HUB_NAME in message and "RLHF_SMOKE=1" in message and "internet" in message
     assert elapsed < 5.0, f"took {elapsed:.1f} s"
+
+
+# ---------------------------------------------------------------------------
+# Models through the hub: what push_to_hub uploads, notebook 3 can start from
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):
+    """huggingface_hub's upload and download, backed by a folder: repo 'a/b' lives in hub/a/b."""
+    import huggingface_hub
+    hub = tmp_path / "hub"
+
+    def upload_folder(self, folder_path, repo_id, **kwargs):
+        shutil.copytree(folder_path, hub / repo_id, dirs_exist_ok=True)
+
+    def snapshot_download(repo_id, **kwargs):
+        if not (hub / repo_id).is_dir():
+            import httpx
+            from huggingface_hub.errors import RepositoryNotFoundError
+            raise RepositoryNotFoundError(f"{repo_id} not found", response=httpx.Response(
+                404, request=httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")))
+        cache = tmp_path / "cache" / repo_id.replace("/", "--")
+        shutil.copytree(hub / repo_id, cache, dirs_exist_ok=True)
+        return str(cache)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, exist_ok=True: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return hub
+
+
+def test_the_reward_model_round_trips_through_the_hub(tmp_path, fake_hub, saved_reward_model, tiny_lm, tokenizer):
+    model, folder = saved_reward_model
+    ru.push_folder_to_hub(folder, "me/gpt2-sst2-reward")
+    sft = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "out" / "sft_model")
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"),
+                                        "RLHF_REWARD_MODEL_DIR": "me/gpt2-sst2-reward"})
+    sft_path, reward_path = ru.check_ppo_inputs(cfg)
+    assert sft_path == sft and reward_path != folder and reward_path.is_dir()  # fetched, not the local original
+    loaded, _, info = ru.load_reward_model(reward_path)  # verified against the manifest that travelled with it
+    assert (info["score_mean"], info["score_std"], info["threshold"]) == (0.25, 1.5, -0.75)
+    ids, mask = ru.pad_batch(ru.tokenize_sentences(["a gem", "a dull mess"], tokenizer, 32), tokenizer.pad_token_id)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(ids, mask), model.score(ids, mask), atol=1e-6, rtol=0)
+    missing = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"), "RLHF_REWARD_MODEL_DIR": "me/nothing"})
+    with pytest.raises(ru.CheckpointError, match="no reward model 'me/nothing' on the Hugging Face hub.*RLHF_REWARD_MODEL_DIR"):
+        ru.check_ppo_inputs(missing)
+
+
+def test_a_hub_input_without_a_connection_names_the_setting_to_change(tmp_path, tiny_lm, tokenizer):
+    ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft_model")
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_REWARD_MODEL_DIR": "me/not-cached"})
+    with pytest.raises(ru.HubUnavailableError, match="Could not fetch the reward model 'me/not-cached'.*RLHF_REWARD_MODEL_DIR"):
+        ru.check_ppo_inputs(cfg)  # HF_HUB_OFFLINE=1 in the tests: the hub cannot be reached
