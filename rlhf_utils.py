@@ -438,10 +438,13 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         # 80.7 / 81.4 %, seeds 0 / 1 in the tuning runs). The full profile keeps the usual start, pretrained GPT-2.
         "RMConfig": dict(batch_size=64, learning_rate=1e-3, lr_schedule="cosine", warmup_ratio=0.1,
                          num_epochs=1.0, compare_max_steps=150, eval_every=200, norm_samples=2000),
-        # A fixed KL coefficient of 0.12: 92 % of held-out responses turn positive with distinct-2 0.78 (README);
-        # at 0.03 the share was 97 % but distinct-2 fell to 0.50, strings of positive adjectives (reward hacking).
+        # A fixed KL coefficient of 0.12 (smaller ones traded the judge's share and distinct-2 for the reward model's
+        # share: README, reward hacking). Learning rate 1.5e-4, from the tuning runs judged by VADER on the 871
+        # held-out prompts (SFT 38.2 % positive): 120 iterations at 2e-4 reached 82.0 % but KL 7.3 and distinct-2
+        # 0.73; 90 at 2e-4, 83.8 % with distinct-2 0.73; 75 at 2e-4, 73.2 %; 120 at 1.5e-4, 75.7 %, KL 4.7, 0.83.
+        # The curve levels off after ~60 iterations at this rate while the reward model's share keeps rising.
         "PPOConfig": dict(require_cuda=False, num_iterations=120, batch_size=128, minibatch_size=32,
-                          response_length=24, learning_rate=2e-4, init_kl_coef=0.12, adaptive_kl=False,
+                          response_length=24, learning_rate=1.5e-4, init_kl_coef=0.12, adaptive_kl=False,
                           vf_coef=1.0, eval_prompts=0, samples_every=30, checkpoint_every=30),
     },
 }
