@@ -180,19 +180,21 @@ def colab_install(requirements: str | Path = "requirements.txt") -> list[str]:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", *plan], check=True)
     print(f"installed {', '.join(plan)} in {time.perf_counter() - started:.0f} s")
-    stale = [r for r in plan if r.split("<")[0].split(">")[0].split("=")[0].strip().replace("-", "_") in sys.modules]
+    from packaging.requirements import Requirement
+    stale = [r for r in plan if Requirement(r).name.replace("-", "_") in sys.modules]  # upgraded after import
     if stale:
         print(f"{stale} were imported before the install: Runtime > Restart session, then run the notebook again.")
     return plan
 
 
-def keep_outputs_on_drive(enabled: bool = True) -> Path | None:
-    """Mount Google Drive and point RLHF_OUTPUT_DIR at a folder there, shared by the three notebooks.
+def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs") -> Path | None:
+    """Mount Google Drive and make the output folder `outputs` (in the clone) a link to a folder there.
 
-    The mount point and the folder on Drive are RLHF_DRIVE_MOUNT (/content/drive) and RLHF_DRIVE_FOLDER
-    (MyDrive/rlhf-in-notebooks); each profile writes under it as it would under the repository
-    (outputs/, outputs/cpu/, outputs/smoke/). An RLHF_OUTPUT_DIR already set is kept. Without Drive
-    (declined, or the mount failed) says what is lost and returns None: outputs stay in this runtime.
+    Every profile writes under outputs/ (outputs/, outputs/cpu/, outputs/smoke/), so through the link all of
+    them land on Drive, whichever profile is chosen later, and the three notebooks share one folder. The mount
+    point and the folder on Drive are RLHF_DRIVE_MOUNT (/content/drive) and RLHF_DRIVE_FOLDER
+    (MyDrive/rlhf-in-notebooks). Without Drive (declined, or the mount failed) says what is lost and returns
+    None: outputs stay in this runtime. Returns the folder on Drive.
     """
     lost = ("Outputs stay in this runtime's disk: Colab deletes them when it recycles the runtime, and the next "
             "notebook, opened from its badge, runs in a runtime of its own and will not see them. Either run the "
@@ -204,21 +206,26 @@ def keep_outputs_on_drive(enabled: bool = True) -> Path | None:
         return None
     mount_point = os.environ.get(ENV_PREFIX + "DRIVE_MOUNT", "/content/drive")
     folder = Path(mount_point) / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
+    outputs = Path(outputs)
     try:
         from google.colab import drive
         drive.mount(mount_point)
-        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "outputs").mkdir(parents=True, exist_ok=True)
     except Exception as error:  # declined in the browser, no Drive, a timeout: Colab raises several kinds
         print(f"Google Drive could not be mounted ({type(error).__name__}: {error}). " + lost)
         return None
-    profile = selected_profile()
-    output_dir = str(folder / PROFILE_OVERRIDES.get(profile, {}).get("*", {}).get("output_dir", BaseConfig.output_dir))
-    if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
-        print(f"Drive is mounted; RLHF_OUTPUT_DIR={os.environ[ENV_PREFIX + 'OUTPUT_DIR']} was set, so it is kept.")
+    if outputs.is_symlink() and outputs.resolve() == (folder / "outputs").resolve():
+        pass  # a kernel restart: the link is already there
+    elif outputs.exists() or outputs.is_symlink():
+        print(f"{outputs.resolve()} already exists in this runtime, so it stays where it is (on this runtime's disk). "
+              f"To keep outputs on Drive, move it away and run this cell again. " + lost)
+        return None
     else:
-        os.environ[ENV_PREFIX + "OUTPUT_DIR"] = output_dir
-        print(f"Outputs go to Google Drive: {output_dir} (RLHF_OUTPUT_DIR). The three notebooks share it, and a "
-              "recycled runtime loses nothing: run the notebook again and it continues from what is there.")
+        outputs.symlink_to((folder / "outputs").resolve(), target_is_directory=True)
+    print(f"Outputs go to Google Drive: {outputs}/ is a link to {folder / 'outputs'}. The three notebooks share it, "
+          "and a recycled runtime loses nothing: run the notebook again and it continues from what is there.")
+    if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
+        print(f"(RLHF_OUTPUT_DIR={os.environ[ENV_PREFIX + 'OUTPUT_DIR']} is set, so this notebook writes there instead.)")
     return folder
 
 

@@ -191,8 +191,7 @@ def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle(t
     shutil.rmtree(tmp_path / "runtime-3")
     monkeypatch.setenv("RLHF_NUM_ITERATIONS", str(done + 2))
     again = run_in_a_fresh_runtime("3-RLHF.ipynb", tmp_path / "runtime-3-recycled")
-    recycled_drive = tmp_path / "runtime-3-recycled" / "content" / "drive" / "MyDrive" / "rlhf-in-notebooks"
-    assert f"Resuming from the checkpoint in {recycled_drive}/outputs/smoke/ppo_checkpoint: {done} iterations done" in again
+    assert f"Resuming from the checkpoint in outputs/smoke/ppo_checkpoint: {done} iterations done" in again
     assert "training starts from the SFT model" not in again
     resumed = json.loads((outputs / "ppo_checkpoint" / "history.json").read_text())
     assert resumed[:len(history)] == history and max(row["step"] for row in resumed) == done + 2
@@ -210,11 +209,27 @@ def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle(t
 def test_without_drive_the_setup_says_what_is_lost(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(STANDIN))
     monkeypatch.delenv("STANDIN_DRIVE", raising=False)  # the stand-in's mount then fails, as a declined one does
-    monkeypatch.delenv("RLHF_OUTPUT_DIR", raising=False)
     monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(tmp_path / "drive"))
-    assert ru.keep_outputs_on_drive(True) is None
+    outputs = tmp_path / "clone" / "outputs"
+    assert ru.keep_outputs_on_drive(True, outputs) is None
     assert "could not be mounted" in capsys.readouterr().out
-    assert ru.keep_outputs_on_drive(False) is None
+    assert ru.keep_outputs_on_drive(False, outputs) is None
     said = capsys.readouterr().out
     assert "recycles the runtime" in said and "push_to_hub=True" in said and "nbconvert" in said
-    assert "RLHF_OUTPUT_DIR" not in os.environ
+    assert not outputs.exists()  # nothing linked: the notebooks write to the runtime's own disk
+
+
+def test_with_drive_every_profile_writes_through_the_link(tmp_path, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(STANDIN))
+    monkeypatch.setenv("STANDIN_DRIVE", str(tmp_path / "google-drive"))
+    monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
+    outputs = tmp_path / "content" / "clone" / "outputs"
+    outputs.parent.mkdir(parents=True)
+    folder = ru.keep_outputs_on_drive(True, outputs)
+    assert outputs.is_symlink() and "Outputs go to Google Drive" in capsys.readouterr().out
+    (outputs / "cpu").mkdir()  # a profile chosen after the setup cell (RLHF_PROFILE=cpu) still lands on Drive
+    assert (tmp_path / "google-drive" / "MyDrive" / "rlhf-in-notebooks" / "outputs" / "cpu").is_dir()
+    assert ru.keep_outputs_on_drive(True, outputs) == folder  # a kernel restart: the link is kept
+    outputs.unlink()
+    outputs.mkdir()  # a local outputs/ made before the mount: left alone, and said so
+    assert ru.keep_outputs_on_drive(True, outputs) is None and "stays where it is" in capsys.readouterr().out
