@@ -406,7 +406,6 @@ class PPOConfig(BaseConfig):
     eval_prompts: int = param(256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)", bounds="[0, inf)")
     eval_every: int = param(10, "evaluate the policy on the curve_prompts every this many iterations (the over-optimisation curve)", bounds="[1, inf)")
     curve_prompts: int = param(128, "held-out prompts of that periodic evaluation (the first of the evaluation prompts; 0 = no curve)", bounds="[0, inf)")
-    log_every: int = param(1, "record metrics every this many iterations", bounds="[1, inf)")
     samples_every: int = param(10, "show a sample table every this many iterations", bounds="[1, inf)")
     checkpoint_every: int = param(10, "write a checkpoint every this many iterations", bounds="[1, inf)")
     resume: bool = param(True, "continue from checkpoint_dir when it holds a checkpoint")
