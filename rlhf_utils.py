@@ -206,23 +206,23 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
         return None
     mount_point = os.environ.get(ENV_PREFIX + "DRIVE_MOUNT", "/content/drive")
     folder = Path(mount_point) / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
-    outputs = Path(outputs)
+    on_drive, outputs = folder / "outputs", Path(outputs)
     try:
         from google.colab import drive
         drive.mount(mount_point)
-        (folder / "outputs").mkdir(parents=True, exist_ok=True)
+        on_drive.mkdir(parents=True, exist_ok=True)
     except Exception as error:  # declined in the browser, no Drive, a timeout: Colab raises several kinds
         print(f"Google Drive could not be mounted ({type(error).__name__}: {error}). " + lost)
         return None
-    if outputs.is_symlink() and outputs.resolve() == (folder / "outputs").resolve():
+    if outputs.is_symlink() and outputs.resolve() == on_drive.resolve():
         pass  # a kernel restart: the link is already there
     elif outputs.exists() or outputs.is_symlink():
         print(f"{outputs.resolve()} already exists in this runtime, so it stays where it is (on this runtime's disk). "
               f"To keep outputs on Drive, move it away and run this cell again. " + lost)
         return None
     else:
-        outputs.symlink_to((folder / "outputs").resolve(), target_is_directory=True)
-    print(f"Outputs go to Google Drive: {outputs}/ is a link to {folder / 'outputs'}. The three notebooks share it, "
+        outputs.symlink_to(on_drive.resolve(), target_is_directory=True)
+    print(f"Outputs go to Google Drive: {outputs}/ is a link to {on_drive}. The three notebooks share it, "
           "and a recycled runtime loses nothing: run the notebook again and it continues from what is there.")
     if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
         print(f"(RLHF_OUTPUT_DIR={os.environ[ENV_PREFIX + 'OUTPUT_DIR']} is set, so this notebook writes there instead.)")
@@ -2129,15 +2129,20 @@ def check_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:
             "Train both notebooks with the same model family and profile.")
 
 
-def fetch_from_hub(repo_id: str, what: str = "model", setting: str = "sft_model_dir",
-                   notebook: str = "1-SFT.ipynb") -> Path:
-    """Download (or find in the local cache) a model that `push_folder_to_hub` uploaded; returns its folder.
+# Where each input of 3-RLHF.ipynb comes from: its setting -> (what, the notebook that writes it, an example hub id)
+PPO_INPUTS = {"sft_model_dir": ("SFT model", "1-SFT.ipynb", "your-name/gpt2-sst2-sft"),
+              "reward_model_dir": ("reward model", "2-RM Training.ipynb", "your-name/gpt2-sst2-reward")}
+
+
+def fetch_from_hub(repo_id: str, setting: str) -> Path:
+    """Download (or find in the local cache) the input `setting` of PPO_INPUTS that `push_folder_to_hub` uploaded.
 
     The whole folder comes back, manifest included, so the loaders verify it as they verify a local one.
-    Errors name the setting that asked for it and the local way instead.
+    Errors name the setting that asked for it and the local way instead. Returns the folder.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    what, notebook, _ = PPO_INPUTS[setting]
     instead = (f"Or set {ENV_PREFIX}{setting.upper()} to a local folder that holds one (run {notebook} first; in "
                "Colab, with the outputs on the same Drive folder).")
     try:
@@ -2149,11 +2154,6 @@ def fetch_from_hub(repo_id: str, what: str = "model", setting: str = "sft_model_
         raise HubUnavailableError(f"Could not fetch the {what} {repo_id!r} from the Hugging Face hub "
                                   f"({type(error).__name__}): no connection, and no copy in the local cache. Check "
                                   f"the internet connection (in Colab: Runtime > Restart). {instead}") from error
-
-
-# Where each input of 3-RLHF.ipynb comes from: (what, the notebook that writes it, its setting, an example hub id)
-PPO_INPUTS = {"sft_model_dir": ("SFT model", "1-SFT.ipynb", "your-name/gpt2-sst2-sft"),
-              "reward_model_dir": ("reward model", "2-RM Training.ipynb", "your-name/gpt2-sst2-reward")}
 
 
 def check_ppo_inputs(cfg: PPOConfig) -> tuple[Path, Path]:
@@ -2171,7 +2171,7 @@ def check_ppo_inputs(cfg: PPOConfig) -> tuple[Path, Path]:
         if path.is_dir():
             found.append(path)
         elif not local and HUB_REPO_ID.fullmatch(value):
-            found.append(fetch_from_hub(value, what, setting, notebook))
+            found.append(fetch_from_hub(value, setting))
         else:
             missing.append(f"No {what} at {value}: run {notebook} first (same profile; in Colab, with the same Drive "
                            f"folder), or set {ENV_PREFIX}{setting.upper()} to a folder that holds one, or to the hub "
