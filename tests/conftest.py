@@ -109,6 +109,14 @@ transformers.logging.set_verbosity_error = lambda: None
 torch.set_num_threads(1)
 
 
+@pytest.fixture
+def no_rlhf_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset every RLHF_ variable for the test (e.g. CI's RLHF_SMOKE=1, which would contradict RLHF_PROFILE=cpu),
+    so a test that runs notebooks sets exactly the settings it means (with the same monkeypatch)."""
+    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def smoke_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{'data': smoke SST-2 folder, 'base': tiny GPT-2 + BPE tokenizer folder}, built once."""

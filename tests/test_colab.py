@@ -165,9 +165,8 @@ def files_outside_drive(runtime: Path) -> list[str]:
     return found
 
 
+@pytest.mark.usefixtures("no_rlhf_settings")
 def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle(tmp_path, monkeypatch):
-    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
-        monkeypatch.delenv(name)
     drive = tmp_path / "google-drive"
     env = {"JUPYTER_PATH": str(colab_kernelspec(tmp_path)), "RLHF_REPO_URL": str(local_repository(tmp_path)),
            "RLHF_SMOKE": "1", "RLHF_SKIP_INSTALL": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",

@@ -7,7 +7,6 @@ nothing touches outputs/, images/ or the real SST-2.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -100,13 +99,12 @@ TINY_SLICE = {
 }
 
 
+@pytest.mark.usefixtures("no_rlhf_settings")  # e.g. CI's RLHF_SMOKE=1 would contradict RLHF_PROFILE=cpu
 def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     data = ru.build_smoke_dataset(tmp_path / "data" / "sst2", n_train=600, n_validation=80, seed=0)
     out, figures = tmp_path / "out", tmp_path / "figures"
-    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
-        monkeypatch.delenv(name)  # e.g. CI's RLHF_SMOKE=1, which would contradict RLHF_PROFILE=cpu
     env = {"RLHF_PROFILE": "cpu", "RLHF_DATASET": str(data), "RLHF_OUTPUT_DIR": str(out),
            "RLHF_FIGURES_DIR": str(figures), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
            "OMP_NUM_THREADS": "1", **TINY_SLICE}  # one thread: tiny matrices, and no spin-waiting on a busy machine

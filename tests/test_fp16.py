@@ -8,7 +8,6 @@ steps overflow and must be skipped.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -79,11 +78,10 @@ STEPS = {"RLHF_MAX_TRAIN_SAMPLES": "400", "RLHF_NUM_EPOCHS": "2", "RLHF_EVAL_EVE
          "RLHF_EVAL_PROMPTS": "16", "RLHF_CURVE_PROMPTS": "8"}
 
 
+@pytest.mark.usefixtures("no_rlhf_settings")
 def test_the_notebooks_run_in_fp16_with_skipped_steps(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
-    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
-        monkeypatch.delenv(name)
     env = {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path / "out"), "RLHF_PRECISION": "fp16",
            "RLHF_INIT_LOSS_SCALE": str(2.0 ** 24), "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg",
            "RLHF_SAVE_WORSE_MODEL": "1",  # runs this short are not meant to learn; they exercise the fp16 path

@@ -2,7 +2,6 @@
 before/after tables, the learning-rate schedule, the optimiser's parameter groups, one optimiser
 step with clipping, and the early check that an output folder is writable."""
 import math
-import os
 import random
 from pathlib import Path
 
@@ -154,11 +153,10 @@ def test_warmup_rounds_up_the_same_way_in_both_notebooks():
         assert "ru.warmup_steps(cfg.warmup_ratio" in source and "int(cfg.warmup_ratio" not in source, name
 
 
+@pytest.mark.usefixtures("no_rlhf_settings")
 def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, monkeypatch):
     """Short full-profile checks were slow because validation could not be cut (872 sentences, every eval)."""
     nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
-    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
-        monkeypatch.delenv(name)
     for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_EVAL_SENTENCES": "40",
                         "HF_HUB_OFFLINE": "1"}.items():
         monkeypatch.setenv(name, value)
