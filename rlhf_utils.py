@@ -125,11 +125,21 @@ class TrainingDivergedError(RLHFError, FloatingPointError):
 COLAB_KEEP = {"torch", "torchvision", "torchaudio", "ipykernel", "ipython", "jupyter", "jupyter-client",
               "jupyter-core", "notebook", "jupyter-server"}  # Colab's own builds: never replaced
 COLAB_SETTINGS = {"REPO_URL", "DRIVE_MOUNT", "DRIVE_FOLDER", "SKIP_INSTALL"}  # RLHF_ variables of the setup cell
+PIP_LOG = "pip-install.log"  # the whole output of the setup cell's pip run, in the clone
 
 
 def in_colab() -> bool:
     """True inside Google Colab (its kernel imports google.colab at start)."""
     return "google.colab" in sys.modules
+
+
+def _installed_version(name: str) -> str | None:
+    """The installed version of distribution `name`, or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def colab_install_plan(requirements: str | Path = "requirements.txt",
@@ -138,16 +148,9 @@ def colab_install_plan(requirements: str | Path = "requirements.txt",
 
     `installed(name)` gives a distribution's version or None (default: importlib.metadata).
     """
-    from importlib import metadata
-
     from packaging.requirements import Requirement
 
-    def version_of(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-    installed = installed or version_of
+    installed = installed or _installed_version
     plan = []
     for line in Path(requirements).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
@@ -167,9 +170,34 @@ def colab_install_plan(requirements: str | Path = "requirements.txt",
     return plan
 
 
-def colab_install(requirements: str | Path = "requirements.txt") -> list[str]:
-    """pip-install `colab_install_plan`, printing what and how long; RLHF_SKIP_INSTALL=1 only prints the plan."""
+def imported_distributions() -> dict[str, str]:
+    """{distribution: version} of every installed package a module of this process was imported from."""
+    from importlib import metadata
+    owners = metadata.packages_distributions()
+    found = {}
+    for module in {name.split(".")[0] for name in list(sys.modules)}:
+        for distribution in owners.get(module, []):
+            version = _installed_version(distribution)
+            if version is not None:
+                found[distribution] = version
+    return found
+
+
+def colab_constraints() -> dict[str, str]:
+    """The versions pip must keep: Colab's own builds (torch and its companions, the kernel), numpy, and every
+    package already imported (upgrading one under a running kernel leaves the old code loaded)."""
+    keep = {name: _installed_version(name) for name in COLAB_KEEP | {"numpy"}}
+    return {**{k: v for k, v in keep.items() if v is not None}, **imported_distributions()}
+
+
+def colab_install(requirements: str | Path = "requirements.txt", log: str | Path = PIP_LOG) -> list[str]:
+    """pip-install `colab_install_plan` with every preloaded package held at its version; says what it did.
+
+    pip's whole output goes to `log`; a failure shows its last lines. If a package that was already imported changed
+    version anyway, the notebook stops with the one fix (restart the session). RLHF_SKIP_INSTALL=1 only prints the plan.
+    """
     import subprocess
+    import tempfile
     plan = colab_install_plan(requirements)
     if os.environ.get(ENV_PREFIX + "SKIP_INSTALL", "") in ("1", "true", "yes"):
         print(f"RLHF_SKIP_INSTALL is set: not installing {plan or 'anything'}.")
@@ -177,14 +205,55 @@ def colab_install(requirements: str | Path = "requirements.txt") -> list[str]:
     if not plan:
         print("Colab already has everything the series needs: nothing installed.")
         return plan
+    held = colab_constraints()
+    with tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", delete=False) as constraints:
+        constraints.write("".join(f"{name}=={version}\n" for name, version in sorted(held.items())))
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *plan], check=True)
-    print(f"installed {', '.join(plan)} in {time.perf_counter() - started:.0f} s")
-    from packaging.requirements import Requirement
-    stale = [r for r in plan if Requirement(r).name.replace("-", "_") in sys.modules]  # upgraded after import
-    if stale:
-        print(f"{stale} were imported before the install: Runtime > Restart session, then run the notebook again.")
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
+                           "-c", constraints.name, *plan], capture_output=True, text=True)
+    Path(constraints.name).unlink(missing_ok=True)
+    output = done.stdout + done.stderr
+    Path(log).write_text(output)
+    lines = [line for line in output.splitlines() if line.strip()]
+    if done.returncode != 0:
+        tail = "\n".join(lines[-15:])
+        raise RLHFError(f"pip could not install {', '.join(plan)} (exit status {done.returncode}). The last lines of "
+                        f"its output (all of it is in {Path(log).resolve()}):\n{tail}\n"
+                        f"The install holds the {len(held)} packages Colab preloaded at their versions; a conflict "
+                        "with one of them means this Colab is newer or older than the series supports: say so in an "
+                        "issue of the series, with that file.")
+    for line in lines:  # what -q would hide: the resolver's warnings and the one-line summary
+        if line.startswith(("WARNING: pip", "ERROR", "Successfully installed")) or "conflict" in line.lower():
+            print(line)
+    print(f"installed {', '.join(plan)} in {time.perf_counter() - started:.0f} s (pip's output: {log})")
+    changed = [f"{name} {before} -> {_installed_version(name)}" for name, before in held.items()
+               if _installed_version(name) != before and name in imported_distributions()]
+    if changed:
+        raise RLHFError(f"Already imported, and changed by the install: {', '.join(changed)}. This kernel still runs "
+                        "the old code. Restart it (Runtime > Restart session), then run all cells again: the "
+                        "install is done and will not run again.")
     return plan
+
+
+DRIVE_DISCONNECTED = {107, 5}  # ENOTCONN, EIO: what a Drive mount that went away raises
+
+
+def drive_error_hint(error: OSError) -> str:
+    """A sentence for an OSError that a disconnected Google Drive mount raises, else ''."""
+    if getattr(error, "errno", None) in DRIVE_DISCONNECTED:
+        return (f" This looks like Google Drive disconnecting (errno {error.errno}): run the setup cell again to "
+                "remount it (what was saved before is on Drive), then this cell.")
+    return ""
+
+
+def _drive_mount_point() -> Path:
+    """Where Google Drive is mounted: RLHF_DRIVE_MOUNT, by default Colab's /content/drive."""
+    return Path(os.environ.get(ENV_PREFIX + "DRIVE_MOUNT") or "/content/drive")
+
+
+def _drive_folder() -> Path:
+    """The folder on Drive that holds the series' outputs: RLHF_DRIVE_MOUNT / RLHF_DRIVE_FOLDER."""
+    return _drive_mount_point() / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
 
 
 def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs") -> Path | None:
@@ -193,33 +262,36 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
     Every profile writes under outputs/ (outputs/, outputs/cpu/, outputs/smoke/), so through the link all of
     them land on Drive, whichever profile is chosen later, and the three notebooks share one folder. The mount
     point and the folder on Drive are RLHF_DRIVE_MOUNT (/content/drive) and RLHF_DRIVE_FOLDER
-    (MyDrive/rlhf-in-notebooks). Without Drive (declined, or the mount failed) says what is lost and returns
-    None: outputs stay in this runtime. Returns the folder on Drive.
+    (MyDrive/rlhf-in-notebooks). When Drive cannot be used (declined, the mount failed, a local outputs/ in the
+    way), the notebook stops with how to retry and how to go on without Drive. Returns the folder on Drive,
+    or None with enabled=False.
     """
-    lost = ("Outputs stay in this runtime's disk: Colab deletes them when it recycles the runtime, and the next "
-            "notebook, opened from its badge, runs in a runtime of its own and will not see them. Either run the "
-            "next notebook in this runtime (a cell with: !jupyter nbconvert --to notebook --execute "
-            "\"2-RM Training.ipynb\"), or push the models to the hub (push_to_hub=True) and point notebook 3 at them "
-            "(RLHF_SFT_MODEL_DIR / RLHF_REWARD_MODEL_DIR = your-name/...).")
+    lost = ("Without Drive, outputs stay on this runtime's disk: Colab deletes them when it recycles the runtime, "
+            "and the next notebook, opened from its badge, runs in a runtime of its own and will not see them. "
+            "Then either run the next notebook in this runtime (a cell with: !jupyter nbconvert --to notebook "
+            "--execute \"2-RM Training.ipynb\"), or push the models to the hub (push_to_hub=True) and point "
+            "notebook 3 at them (RLHF_SFT_MODEL_DIR / RLHF_REWARD_MODEL_DIR = your-name/...).")
     if not enabled:
         print("KEEP_OUTPUTS_ON_DRIVE is False. " + lost)
         return None
-    mount_point = os.environ.get(ENV_PREFIX + "DRIVE_MOUNT", "/content/drive")
-    folder = Path(mount_point) / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
+    mount_point = _drive_mount_point()
+    folder = _drive_folder()
     on_drive, outputs = folder / "outputs", Path(outputs)
     try:
         from google.colab import drive
-        drive.mount(mount_point)
+        drive.mount(str(mount_point))
         on_drive.mkdir(parents=True, exist_ok=True)
     except Exception as error:  # declined in the browser, no Drive, a timeout: Colab raises several kinds
-        print(f"Google Drive could not be mounted ({type(error).__name__}: {error}). " + lost)
-        return None
+        raise RLHFError(f"Google Drive could not be mounted ({type(error).__name__}: {error}). To retry, run this "
+                        "cell again and accept Google's dialog within 2 minutes (it may open in another browser "
+                        "tab). To go on without Drive, set KEEP_OUTPUTS_ON_DRIVE = False in this cell and run it "
+                        "again. " + lost) from None
     if outputs.is_symlink() and outputs.resolve() == on_drive.resolve():
         pass  # a kernel restart: the link is already there
     elif outputs.exists() or outputs.is_symlink():
-        print(f"{outputs.resolve()} already exists in this runtime, so it stays where it is (on this runtime's disk). "
-              f"To keep outputs on Drive, move it away and run this cell again. " + lost)
-        return None
+        raise RLHFError(f"{outputs.resolve()} already exists in this runtime, so the outputs cannot go to Drive "
+                        f"(a cell ran before this one). Move what it holds to {on_drive} (or delete it), then run "
+                        "this cell again; or set KEEP_OUTPUTS_ON_DRIVE = False to keep it. " + lost)
     else:
         outputs.symlink_to(on_drive.resolve(), target_is_directory=True)
     print(f"Outputs go to Google Drive: {outputs}/ is a link to {on_drive}. The three notebooks share it, "
@@ -227,6 +299,22 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
     if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
         print(f"(RLHF_OUTPUT_DIR={os.environ[ENV_PREFIX + 'OUTPUT_DIR']} is set, so this notebook writes there instead.)")
     return folder
+
+
+def finish_drive_uploads() -> bool:
+    """In Colab with Drive mounted: wait until Drive has every file this runtime wrote, then unmount it.
+
+    Colab uploads Drive writes in the background; only flush_and_unmount waits for them. Returns whether it did.
+    """
+    if not in_colab() or not (_drive_mount_point() / "MyDrive").exists():
+        print("Not in Colab with Google Drive mounted: nothing to upload.")
+        return False
+    from google.colab import drive
+    started = time.perf_counter()
+    drive.flush_and_unmount()
+    print(f"Google Drive has everything this notebook saved ({time.perf_counter() - started:.0f} s to finish the "
+          "uploads): you can close this runtime. The next notebook, in its own runtime, will find it.")
+    return True
 
 
 # -----------------------------------------------------------------------------
@@ -407,7 +495,8 @@ class PPOConfig(BaseConfig):
     eval_every: int = param(10, "evaluate the policy on the curve_prompts every this many iterations (the over-optimisation curve)", bounds="[1, inf)")
     curve_prompts: int = param(128, "held-out prompts of that periodic evaluation (the first of the evaluation prompts; 0 = no curve)", bounds="[0, inf)")
     samples_every: int = param(10, "show a sample table every this many iterations", bounds="[1, inf)")
-    checkpoint_every: int = param(10, "write a checkpoint every this many iterations", bounds="[1, inf)")
+    checkpoint_every: int = param(0, "write a checkpoint every this many iterations (0: by time alone, checkpoint_minutes)", bounds="[0, inf)")
+    checkpoint_minutes: float = param(10.0, "also write one when this many minutes have passed since the last (0: off): what a recycled Colab runtime can lose at most", bounds="[0, inf)")
     resume: bool = param(True, "continue from checkpoint_dir when it holds a checkpoint")
 
     def __post_init__(self) -> None:
@@ -1059,6 +1148,11 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int
     return token.squeeze(-1).clamp_(max=probs.shape[-1] - 1)  # (B,)
 
 
+def kv_cache_name(lm: nn.Module) -> str:
+    """The name of the KV-cache argument and output: `cache` from transformers 5.24 on, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
 def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_k: int = 0,
@@ -1077,7 +1171,8 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     with autocast:  # logits_to_keep=1: only the last position's logits are needed, not (B, P, V)
         out = lm(input_ids=prompt_ids, attention_mask=attention_mask_4d(lm, attention_mask),
                  position_ids=positions_from_mask(attention_mask), use_cache=True, logits_to_keep=1)
-    cache, next_logits = out.cache, out.logits[:, -1]  # the KV cache, and (B, V)
+    cache_name = kv_cache_name(lm)
+    cache, next_logits = getattr(out, cache_name), out.logits[:, -1]  # the KV cache, and (B, V)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)  # (B,)
     tokens, masks = [], []
@@ -1092,8 +1187,8 @@ def generate(lm: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         with autocast:  # the new token attends to every real token so far: a (B, 1, 1, K) mask
             out = lm(input_ids=token[:, None], attention_mask=attention_mask_4d(lm, attention_mask, query_length=1),
-                     position_ids=next_position, cache=cache, use_cache=True)
-        cache, next_logits = out.cache, out.logits[:, -1]
+                     position_ids=next_position, use_cache=True, **{cache_name: cache})
+        cache, next_logits = getattr(out, cache_name), out.logits[:, -1]
         next_position = next_position + 1
     responses = torch.stack(tokens, dim=1)  # (B, R)
     response_mask = torch.stack(masks, dim=1).long()  # (B, R)
@@ -1895,6 +1990,7 @@ def save_figure(fig: "plt.Figure", figures_dir: str, name: str) -> Path | None:
 # final path is either the old complete checkpoint or the new complete one, never half of one.
 
 MANIFEST = "checkpoint.json"
+STALE_ELSEWHERE_S = 3600  # another runtime's temporary folder untouched this long belongs to a runtime that is gone
 
 
 def _sha256(path: Path) -> str:
@@ -1906,6 +2002,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def host_id() -> str:
+    """This machine's name, as temporary folders carry it: runtimes that share a Drive folder tell theirs apart."""
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
 def check_writable(folder: str | Path, setting: str = "output_dir") -> Path:
     """Create `folder` and write a test file there, so a read-only folder fails now, not after training.
 
@@ -1914,12 +2015,13 @@ def check_writable(folder: str | Path, setting: str = "output_dir") -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-test-{os.getpid()}"
+        probe = folder / f".write-test-{host_id()}-{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
         raise CheckpointError(f"Cannot write to {folder} ({error.strerror or error}). Choose a writable folder "
-                              f"with {ENV_PREFIX}{setting.upper()} (or {setting}= in the Configuration cell).") from error
+                              f"with {ENV_PREFIX}{setting.upper()} (or {setting}= in the Configuration cell)."
+                              + drive_error_hint(error)) from error
     return folder
 
 
@@ -1958,76 +2060,134 @@ def _is_complete(folder: Path) -> bool:
     return True
 
 
-def recover_checkpoint(final_dir: str | Path) -> Path:
-    """Finish or undo a save of `final_dir` that was killed part-way, and remove its leftovers; returns final_dir.
+def _writer_gone(temporary: Path, final_name: str) -> bool:
+    """Whether the save that owns temporary folder `<final>.tmp-HOST-PID` (or `.tmp-PID`) can no longer finish.
 
-    `atomic_directory` renames the current folder to *.old, then the new one (*.tmp-PID) into place. A kill
-    between the two leaves no folder at the final path: the complete new folder is moved into place, or,
-    when it is incomplete, the previous one. *.old beside a complete final folder, and temporary folders
-    of processes that no longer run, are deleted.
+    On this machine: its process has ended. From another machine (another Colab runtime on the same Drive folder):
+    nothing in it changed for STALE_ELSEWHERE_S, since that runtime's process cannot be seen from here.
+    """
+    owner = temporary.name[len(final_name) + len(".tmp-"):]
+    host, _, pid = owner.rpartition("-")
+    if not pid.isdigit():
+        return True
+    if host in ("", host_id()):
+        return int(pid) == os.getpid() or not _pid_alive(int(pid))
+    try:
+        changed = max([p.stat().st_mtime for p in temporary.rglob("*")] + [temporary.stat().st_mtime])
+    except OSError:
+        return False
+    return time.time() - changed > STALE_ELSEWHERE_S
+
+
+def recover_checkpoint(final_dir: str | Path) -> Path:
+    """Finish or undo a save of `final_dir` that was cut off part-way; returns final_dir.
+
+    `atomic_directory` writes into a temporary folder (*.tmp-HOST-PID), renames the current version to *.old,
+    then the temporary folder into place. *.old stays as the spare that the next save overwrites in place, so a
+    save deletes nothing (on Google Drive, deleted files fill the Trash, which counts against the quota). A cut
+    between the two renames leaves no folder at the final path: the newest complete version, new or old, is moved
+    into place. A temporary folder whose writer is gone becomes the spare (or is removed if there is one); one that
+    another runtime may still be writing is left alone.
     """
     final_dir = Path(final_dir)
     old = Path(str(final_dir) + ".old")
-    temporaries = [p for p in final_dir.parent.glob(final_dir.name + ".tmp-*") if p.is_dir()] if final_dir.parent.is_dir() else []
-    stale = [p for p in temporaries if not p.name.rsplit("-", 1)[-1].isdigit()
-             or int(p.name.rsplit("-", 1)[-1]) == os.getpid() or not _pid_alive(int(p.name.rsplit("-", 1)[-1]))]
+    parent = final_dir.parent
+    temporaries = [p for p in parent.glob(final_dir.name + ".tmp-*") if p.is_dir()] if parent.is_dir() else []
+    stale = [p for p in temporaries if _writer_gone(p, final_dir.name)]
     if not final_dir.exists():
-        complete_new = sorted((p for p in stale if _is_complete(p)), key=lambda p: p.stat().st_mtime)
-        if complete_new:
-            complete_new[-1].rename(final_dir)
-            stale.remove(complete_new[-1])
-            print(f"{final_dir}: an interrupted save had finished writing; its new version is now in place.")
-        elif old.is_dir():
-            old.rename(final_dir)
-            print(f"{final_dir}: an interrupted save had not finished; the previous version is back in place.")
-    if old.exists() and final_dir.exists() and _is_complete(final_dir):
-        shutil.rmtree(old, ignore_errors=True)
+        complete = sorted((p for p in stale + ([old] if old.is_dir() else []) if _is_complete(p)),
+                          key=lambda p: json.loads((p / MANIFEST).read_text()).get("written", ""))
+        if complete:
+            complete[-1].rename(final_dir)
+            if complete[-1] in stale:
+                stale.remove(complete[-1])
+                print(f"{final_dir}: an interrupted save had finished writing; its new version is now in place.")
+            else:
+                print(f"{final_dir}: an interrupted save had not finished; the previous version is back in place.")
     for leftover in stale:
-        shutil.rmtree(leftover, ignore_errors=True)
+        if not old.exists():
+            leftover.rename(old)  # the next save overwrites it in place
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
     return final_dir
+
+
+def _reuse_as_temporary(final_dir: Path, tmp: Path) -> set[Path]:
+    """Make `tmp` the folder to write into: the spare (*.old) emptied in place when there is one, else a new folder.
+
+    Files are truncated, not deleted, so the writers below overwrite them in place (on Drive: the same files, nothing
+    to the Trash). Returns the files found there; those still empty after the save were not written again.
+    """
+    old = Path(str(final_dir) + ".old")
+    if not tmp.exists() and old.is_dir():
+        old.rename(tmp)
+    tmp.mkdir(exist_ok=True)
+    found = {p for p in tmp.rglob("*") if p.is_file()}
+    for path in found:
+        os.truncate(path, 0)
+    return found
+
+
+def _set_aside(folder: Path) -> None:
+    """Remove `folder`; if that fails (a Drive hiccup, files of another runtime), rename it out of the way instead."""
+    try:
+        shutil.rmtree(folder)
+    except OSError:
+        if folder.exists():
+            folder.rename(folder.with_name(f"{folder.name}-set-aside-{host_id()}-{time.time_ns()}"))
 
 
 @contextlib.contextmanager
 def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder to write into; on success add the manifest and move it to `final_dir`.
 
-    If the block raises, the temporary folder is removed and `final_dir` is left as it was. If the process is
-    killed at any instant, `recover_checkpoint` (run by every loader and by the next save) finds a complete
-    version, old or new.
+    The previous version becomes the spare (*.old): the next save overwrites its files in place, so saving deletes
+    nothing. If the block raises, `final_dir` is left as it was. If the process is killed at any instant,
+    `recover_checkpoint` (run by every loader and by the next save) finds a complete version, old or new.
     """
     final_dir = Path(final_dir)
+    tmp = Path(str(final_dir) + f".tmp-{host_id()}-{os.getpid()}")
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         recover_checkpoint(final_dir)
-        tmp = Path(str(final_dir) + f".tmp-{os.getpid()}")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        reused = _reuse_as_temporary(final_dir, tmp)
     except OSError as error:
         raise CheckpointError(f"Cannot write {final_dir} ({error.strerror or error}). Choose a writable folder "
-                              "for it: RLHF_OUTPUT_DIR, or the RLHF_..._DIR setting that names this folder.") from error
+                              "for it: RLHF_OUTPUT_DIR, or the RLHF_..._DIR setting that names this folder."
+                              + drive_error_hint(error)) from error
     try:
         yield tmp
+        for path in reused:
+            if path.exists() and path.stat().st_size == 0 and path.name != MANIFEST:
+                path.unlink()  # a file of the spare that this save did not write again (empty: nothing to the Trash)
         files = {}
         for p in sorted(tmp.rglob("*")):
-            if p.is_file():
+            if p.is_file() and p.relative_to(tmp).as_posix() != MANIFEST:
                 with open(p, "rb+") as f:  # on disk before the manifest says the folder is complete
                     os.fsync(f.fileno())
                 files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-        manifest = {"format": 1, "written": time.strftime("%Y-%m-%d %H:%M:%S"), "meta": dict(meta or {}), "files": files}
+        manifest = {"format": 1, "written": time.strftime("%Y-%m-%d %H:%M:%S") + f".{time.time_ns() % 10**9:09d}",
+                    "meta": dict(meta or {}), "files": files}
         with open(tmp / MANIFEST, "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
         old = Path(str(final_dir) + ".old")
-        if old.exists():
-            shutil.rmtree(old)
         if final_dir.exists():
+            if old.exists():  # a spare another runtime left meanwhile: removing it must never fail this save
+                _set_aside(old)
             final_dir.rename(old)  # the previous version stays complete until the new one is in place
         tmp.rename(final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as error:
+        old = Path(str(final_dir) + ".old")
+        if tmp.exists():
+            if final_dir.exists() and not old.exists():
+                tmp.rename(old)  # kept as the spare, as the save found it (emptied)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError) and not isinstance(error, RLHFError):
+            raise CheckpointError(f"Writing {final_dir} failed ({error.strerror or error}); the previous version, if "
+                                  "any, is kept." + drive_error_hint(error)) from error
         raise
 
 
@@ -2044,7 +2204,7 @@ def verify_checkpoint(folder: str | Path, deep: bool = True, recover: bool = Tru
         raise CheckpointError(f"No checkpoint at {folder}.")
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
-        if Path(str(folder) + ".old").exists() or any(folder.parent.glob(folder.name + ".tmp-*")):
+        if any(folder.parent.glob(folder.name + ".tmp-*")):
             raise CheckpointError(f"{folder} has no manifest and an interrupted save lies beside it: it may be "
                                   "half-written. Run the notebook that writes it again.")
         return {}
@@ -2052,12 +2212,20 @@ def verify_checkpoint(folder: str | Path, deep: bool = True, recover: bool = Tru
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{manifest_path} cannot be read ({error}); the checkpoint is damaged. "
-                              "Run the notebook that writes it again.") from error
+                              "Run the notebook that writes it again." + drive_error_hint(error)) from error
     for name, expected in manifest["files"].items():
         path = folder / name
-        if not path.exists() or path.stat().st_size != expected["bytes"] or (deep and _sha256(path) != expected["sha256"]):
-            raise CheckpointError(f"{path} is missing or does not match its manifest: the checkpoint is "
-                                  "corrupt or was changed after saving. Run the notebook that writes it again.")
+        size = path.stat().st_size if path.exists() else None
+        if size is None or size < expected["bytes"]:
+            state = "missing" if size is None else f"shorter than its manifest says ({size:,} of {expected['bytes']:,} bytes)"
+            raise CheckpointError(
+                f"{path} is {state}. "
+                "If another Colab runtime saved this folder to Google Drive in the last minutes, its upload may "
+                "still be under way: wait a few minutes, then run this cell again (the previous complete version, "
+                "if any, is kept). Otherwise the save was cut off: run the notebook that writes it again.")
+        if size != expected["bytes"] or (deep and _sha256(path) != expected["sha256"]):
+            raise CheckpointError(f"{path} does not match its manifest: the checkpoint is corrupt or was changed "
+                                  "after saving. Run the notebook that writes it again.")
     return manifest.get("meta", {})
 
 
@@ -2190,7 +2358,8 @@ PPO_TRAINING_STATE = "training_state.pt"
 PPO_BOOKKEEPING_FIELDS = {"profile", "output_dir", "model_name", "device", "precision", "require_cuda",
                           "push_to_hub", "hub_repo_id", "sft_model_dir", "reward_model_dir", "policy_dir",
                           "checkpoint_dir", "num_iterations", "eval_prompts", "samples_every",
-                          "checkpoint_every", "resume", "figures_dir", "eval_every", "curve_prompts"}
+                          "checkpoint_every", "checkpoint_minutes", "resume", "figures_dir", "eval_every",
+                          "curve_prompts"}
 
 
 def folder_fingerprint(folder: str | Path) -> str:
@@ -2240,16 +2409,57 @@ def save_ppo_checkpoint(folder: str | Path, policy: PolicyWithValueHead, optimiz
                         scaler: torch.amp.GradScaler, kl_controller: AdaptiveKLController, iteration: int,
                         history: History, generator: torch.Generator | None = None,
                         signature: Mapping[str, Any] | None = None) -> Path:
-    """Write everything needed to continue PPO after `iteration` completed iterations, atomically."""
+    """Write everything needed to continue PPO after `iteration` completed iterations, atomically.
+
+    At iteration 0 the weights are the SFT model's (and a zero value head), which the notebook has just loaded, so
+    they are not written again: that checkpoint holds the random states and settings alone (kilobytes, not 1.5 GB).
+    """
     from safetensors.torch import save_model
-    meta = {"kind": PPO_CHECKPOINT_KIND, "iteration": int(iteration), "signature": dict(signature or {})}
+    meta = {"kind": PPO_CHECKPOINT_KIND, "iteration": int(iteration), "signature": dict(signature or {}),
+            "weights": iteration > 0}
     with atomic_directory(folder, meta) as tmp:
-        save_model(policy, str(tmp / "policy.safetensors"))  # tied GPT-2 embeddings are stored once
+        if iteration > 0:
+            save_model(policy, str(tmp / "policy.safetensors"))  # tied GPT-2 embeddings are stored once
         torch.save({"iteration": int(iteration), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                     "kl_controller": kl_controller.state_dict(), "rng": _rng_states(generator)},
                    tmp / PPO_TRAINING_STATE)
         (tmp / "history.json").write_text(json.dumps(history.rows))
     return Path(folder)
+
+
+def checkpoint_due(iteration: int, cfg: "PPOConfig", seconds_since_last: float) -> bool:
+    """Whether the PPO loop writes a checkpoint after `iteration`: every checkpoint_every iterations, after
+    checkpoint_minutes since the last one, and at the end."""
+    return (iteration == cfg.num_iterations or (cfg.checkpoint_every > 0 and iteration % cfg.checkpoint_every == 0)
+            or (cfg.checkpoint_minutes > 0 and seconds_since_last >= 60 * cfg.checkpoint_minutes))
+
+
+def ppo_checkpoint_bytes(policy_weight_bytes: int) -> int:
+    """Size of a PPO checkpoint from the size of the policy's weights (fp32): the weights and AdamW's two moments."""
+    return 3 * policy_weight_bytes
+
+
+def ppo_write_plan(cfg: "PPOConfig", minutes: Sequence[float] = (20, 30, 40)) -> str:
+    """What this run will write under its output folder (on Google Drive in Colab), from the SFT model's size."""
+    manifest = Path(cfg.sft_model_dir) / MANIFEST
+    if not manifest.exists():
+        return f"(What PPO writes is known once the SFT model is in {cfg.sft_model_dir}.)"
+    files = json.loads(manifest.read_text())["files"]
+    weights = sum(entry["bytes"] for name, entry in files.items() if name.endswith(".safetensors"))
+    policy = sum(entry["bytes"] for entry in files.values())
+    checkpoint = ppo_checkpoint_bytes(weights)
+    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"  # noqa: E731
+    where = " (on Google Drive)" if in_colab() and Path(cfg.output_dir).resolve().is_relative_to(
+        _drive_mount_point().resolve()) else ""
+    when = [f"every {cfg.checkpoint_every} iterations"] if cfg.checkpoint_every else []
+    when += [f"every {cfg.checkpoint_minutes:g} minutes of PPO"] if cfg.checkpoint_minutes else []
+    lines = [f"PPO writes to {cfg.output_dir}{where}: a checkpoint of about {gb(checkpoint)} {' and '.join(when)} "
+             f"and at the end, then the policy, {gb(policy)}. The checkpoint folder and its spare (.old) are "
+             "overwritten in place: nothing goes to Drive's Trash."]
+    if cfg.checkpoint_minutes and not cfg.checkpoint_every:
+        lines += [f"  a run of {m:g} minutes: {math.ceil(m / cfg.checkpoint_minutes)} checkpoints, "
+                  f"{gb(math.ceil(m / cfg.checkpoint_minutes) * checkpoint + policy)}" for m in minutes]
+    return "\n".join(lines)
 
 
 def can_resume(folder: str | Path, signature: Mapping[str, Any]) -> tuple[bool, str]:
@@ -2296,14 +2506,18 @@ def resume_or_start(cfg: "PPOConfig", signature: Mapping[str, Any], policy: Poli
 def load_ppo_checkpoint(folder: str | Path, policy: PolicyWithValueHead, optimizer: torch.optim.Optimizer,
                         scaler: torch.amp.GradScaler, kl_controller: AdaptiveKLController,
                         generator: torch.Generator | None = None) -> tuple[int, History]:
-    """Restore a checkpoint written by `save_ppo_checkpoint` in place; returns (iterations done, history)."""
+    """Restore a checkpoint written by `save_ppo_checkpoint` in place; returns (iterations done, history).
+
+    `policy` must be freshly built from the SFT model: a checkpoint of iteration 0 holds no weights (it starts there).
+    """
     from safetensors.torch import load_model
     folder = Path(folder)
     meta = verify_checkpoint(folder)  # every file's SHA-256 against the manifest
     if meta.get("kind") != PPO_CHECKPOINT_KIND:
         raise CheckpointError(f"{folder} is not a PPO checkpoint of this series (kind {meta.get('kind')!r}).")
     try:
-        load_model(policy, str(folder / "policy.safetensors"), strict=True)
+        if meta.get("weights", True):
+            load_model(policy, str(folder / "policy.safetensors"), strict=True)
         state = torch.load(folder / PPO_TRAINING_STATE, map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved without loss scaling (bf16 / fp32)

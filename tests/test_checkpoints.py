@@ -13,7 +13,7 @@ import rlhf_utils as ru
 def write_checkpoint(folder, text: str, meta=None):
     with ru.atomic_directory(folder, meta) as tmp:
         (tmp / "weights.bin").write_bytes(text.encode() * 100)
-        (tmp / "sub").mkdir()
+        (tmp / "sub").mkdir(exist_ok=True)  # a save may find the spare's (emptied) folders there
         (tmp / "sub" / "notes.txt").write_text(text)
 
 
@@ -30,10 +30,27 @@ def test_atomic_directory_writes_a_manifest_and_replaces_the_old_checkpoint(tmp_
     assert ru.verify_checkpoint(folder) == {"step": 1}
     manifest = json.loads((folder / ru.MANIFEST).read_text())
     assert set(manifest["files"]) == {"weights.bin", "sub/notes.txt"}
+    first_inode = (folder / "weights.bin").stat().st_ino
     write_checkpoint(folder, "second", meta={"step": 2})
     assert ru.verify_checkpoint(folder) == {"step": 2}
     assert (folder / "sub" / "notes.txt").read_text() == "second"
-    assert leftovers(folder) == []  # no .tmp-* or .old folders left behind
+    spare = folder.with_name("ckpt.old")
+    assert leftovers(folder) == ["ckpt.old"] and ru.verify_checkpoint(spare, recover=False) == {"step": 1}
+    # the third save overwrites the spare's files in place (on Drive: the same files, nothing sent to the Trash)
+    write_checkpoint(folder, "third", meta={"step": 3})
+    assert ru.verify_checkpoint(folder) == {"step": 3} and (folder / "weights.bin").stat().st_ino == first_inode
+    assert leftovers(folder) == ["ckpt.old"] and ru.verify_checkpoint(spare, recover=False) == {"step": 2}
+
+
+def test_a_file_of_the_spare_that_the_next_save_does_not_write_is_dropped(tmp_path):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "first")
+    write_checkpoint(folder, "second")
+    with ru.atomic_directory(folder, {"step": 3}) as tmp:  # the spare ("first") had sub/notes.txt too
+        (tmp / "weights.bin").write_bytes(b"only this")
+    manifest = json.loads((folder / ru.MANIFEST).read_text())
+    assert set(manifest["files"]) == {"weights.bin"} and not (folder / "sub" / "notes.txt").exists()
+    assert ru.verify_checkpoint(folder) == {"step": 3}
 
 
 def test_atomic_directory_keeps_the_previous_checkpoint_when_writing_fails(tmp_path):
@@ -46,7 +63,9 @@ def test_atomic_directory_keeps_the_previous_checkpoint_when_writing_fails(tmp_p
             raise RuntimeError("disk full")
     assert ru.verify_checkpoint(folder) == {"step": 10}
     assert {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    assert leftovers(folder) == []
+    assert leftovers(folder) == ["ckpt.old"]  # the emptied folder stays as the spare the next save writes into
+    write_checkpoint(folder, "next", meta={"step": 11})
+    assert ru.verify_checkpoint(folder) == {"step": 11} and leftovers(folder) == ["ckpt.old"]
     # an interrupted first save leaves no folder at all, not a half-written one
     with pytest.raises(KeyboardInterrupt):
         with ru.atomic_directory(tmp_path / "new") as tmp:
@@ -91,11 +110,11 @@ def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp
     # a folder without any manifest (saved elsewhere with save_pretrained) is accepted as it is ...
     (folder / ru.MANIFEST).unlink()
     assert ru.verify_checkpoint(folder) == {}
-    # a stale temporary folder of a save whose process is gone is cleaned up on the way
+    # a stale temporary folder of a save whose process is gone becomes the spare on the way
     (tmp_path / "ckpt.tmp-999999999").mkdir()
-    assert ru.verify_checkpoint(folder) == {} and leftovers(folder) == []
-    # ... but a previous version (*.old) beside a folder without a manifest means someone else's half-done copy
-    (tmp_path / "ckpt.old").mkdir()
+    assert ru.verify_checkpoint(folder) == {} and leftovers(folder) == ["ckpt.old"]
+    # ... but a save in progress beside a folder without a manifest (another runtime's) may be half-done
+    (tmp_path / "ckpt.tmp-another_runtime-12").mkdir()
     with pytest.raises(ru.CheckpointError, match="half-written"):
         ru.verify_checkpoint(folder)
 
@@ -178,7 +197,7 @@ def test_a_saved_reward_model_with_a_flipped_byte_or_an_old_layout_is_refused(tm
         last = f.read(1)[0]
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last ^ 0xFF]))
-    with pytest.raises(ru.CheckpointError, match="model.safetensors is missing or does not match its manifest"):
+    with pytest.raises(ru.CheckpointError, match="model.safetensors does not match its manifest"):
         ru.load_reward_model(damaged)
     old = shutil.copytree(good, tmp_path / "old_layout")
     (old / ru.MANIFEST).unlink()  # like a folder an older version wrote: no manifest, layout 1, no threshold
@@ -279,3 +298,55 @@ def test_a_hub_input_without_a_connection_names_the_setting_to_change(tmp_path, 
     cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_REWARD_MODEL_DIR": "me/not-cached"})
     with pytest.raises(ru.HubUnavailableError, match="Could not fetch the reward model 'me/not-cached'.*RLHF_REWARD_MODEL_DIR"):
         ru.check_ppo_inputs(cfg)  # HF_HUB_OFFLINE=1 in the tests: the hub cannot be reached
+
+
+# ---------------------------------------------------------------------------
+# Google Drive: uploads from another runtime, disconnects, and a spare that cannot be removed
+
+def test_a_model_still_uploading_from_another_runtime_says_wait_and_keeps_the_previous_version(tmp_path):
+    folder = tmp_path / "sft_model"
+    write_checkpoint(folder, "first", meta={"step": 1})
+    write_checkpoint(folder, "second", meta={"step": 2})  # the previous complete version is the spare, ckpt.old
+    weights = folder / "weights.bin"
+    full = weights.read_bytes()
+    weights.write_bytes(full[: len(full) // 2])  # what this runtime sees while another one's upload is under way
+    with pytest.raises(ru.CheckpointError, match="upload may still be under way: wait a few minutes") as short:
+        ru.verify_checkpoint(folder)
+    assert "shorter than its manifest says" in str(short.value)
+    weights.unlink()
+    with pytest.raises(ru.CheckpointError, match="is missing.*upload may still be under way"):
+        ru.verify_checkpoint(folder)
+    assert ru.verify_checkpoint(folder.with_name("sft_model.old"), recover=False) == {"step": 1}  # kept
+    weights.write_bytes(full)  # the upload finished: the same cell now works
+    assert ru.verify_checkpoint(folder) == {"step": 2}
+
+
+@pytest.mark.parametrize("errno_value", [107, 5])
+def test_a_drive_that_disconnects_during_a_save_is_named_as_such(tmp_path, errno_value):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "good", meta={"step": 1})
+    with pytest.raises(ru.CheckpointError, match=f"Google Drive disconnecting \\(errno {errno_value}\\)"):
+        with ru.atomic_directory(folder, {"step": 2}):
+            raise OSError(errno_value, os.strerror(errno_value))
+    assert ru.verify_checkpoint(folder) == {"step": 1}
+    with pytest.raises(ru.CheckpointError) as other:
+        with ru.atomic_directory(folder, {"step": 2}):
+            raise OSError(28, os.strerror(28))  # a full disk is not a disconnect
+    assert "Drive disconnecting" not in str(other.value) and "previous version" in str(other.value)
+
+
+def test_a_spare_that_cannot_be_removed_never_fails_a_save(tmp_path, monkeypatch):
+    folder = tmp_path / "ckpt"
+    write_checkpoint(folder, "first", meta={"step": 1})
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with ru.atomic_directory(folder, {"step": 2}) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new")
+        spare = folder.with_name("ckpt.old")  # another runtime leaves a spare meanwhile
+        spare.mkdir()
+        (spare / "theirs.bin").write_bytes(b"x")
+    assert ru.verify_checkpoint(folder) == {"step": 2}
+    assert ru.verify_checkpoint(folder.with_name("ckpt.old"), recover=False) == {"step": 1}
+    assert len(list(tmp_path.glob("ckpt.old-set-aside-*"))) == 1

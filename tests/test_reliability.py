@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import typing
 from pathlib import Path
 
@@ -52,13 +53,16 @@ KILLED_SAVE = textwrap.dedent("""
     print("finished")
 """)
 
-# (stage, whether a previous version existed, which version a loader must find afterwards)
+# (stage, how many versions were saved before, which version a loader must find afterwards). With two before, the
+# save reuses the spare (*.old): rename1 takes it as the temporary folder, rename2 moves the current version to *.old,
+# rename3 the new one into place. With one before, there is no spare yet: rename1 and rename2 are the last two.
 KILL_POINTS = [
-    ("writing", True, "old"), ("manifest1", True, "old"), ("rename1", True, "old"),
-    ("rename2", True, "new"),  # between the two renames: no folder at the final path (the reported case)
-    ("rmtree1", True, "new"),  # the new version is in place, the old one not yet deleted
-    ("writing", False, None), ("manifest1", False, None), ("rename1", False, "new"),
-    ("none", True, "new"),
+    ("writing", 1, "old"), ("manifest1", 1, "old"), ("rename1", 1, "old"),
+    ("rename2", 1, "new"),  # between the two renames: no folder at the final path (the reported case)
+    ("none", 1, "new"),
+    ("writing", 0, None), ("manifest1", 0, None), ("rename1", 0, "new"),
+    ("rename1", 2, "old"), ("writing", 2, "old"), ("manifest1", 2, "old"), ("rename2", 2, "old"),
+    ("rename3", 2, "new"), ("none", 2, "new"),
 ]
 
 
@@ -68,10 +72,10 @@ def kill_save(folder: Path, stage: str) -> None:
     assert (done.returncode == 9) == (stage != "none"), done.stderr
 
 
-@pytest.mark.parametrize("stage,had_previous,expected", KILL_POINTS)
-def test_a_save_killed_at_any_instant_leaves_a_complete_version(tmp_path, stage, had_previous, expected):
+@pytest.mark.parametrize("stage,saved_before,expected", KILL_POINTS)
+def test_a_save_killed_at_any_instant_leaves_a_complete_version(tmp_path, stage, saved_before, expected):
     folder = tmp_path / "sft_model"
-    if had_previous:
+    for _ in range(saved_before):
         with ru.atomic_directory(folder, {"version": "old"}) as tmp:
             (tmp / "weights.bin").write_bytes(b"old" * 50_000)
     kill_save(folder, stage)
@@ -81,7 +85,11 @@ def test_a_save_killed_at_any_instant_leaves_a_complete_version(tmp_path, stage,
     else:
         assert ru.verify_checkpoint(folder)["version"] == expected  # recovered, then verified
         assert (folder / "weights.bin").read_bytes()[:3] == expected.encode()
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["sft_model"] if expected else [])  # nothing stale left
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert set(left) <= {"sft_model", "sft_model.old"} and ("sft_model" in left) == bool(expected), left  # no temporaries
+    with ru.atomic_directory(folder, {"version": "next"}) as tmp:  # and the next save works from what is left
+        (tmp / "weights.bin").write_bytes(b"next")
+    assert ru.verify_checkpoint(folder)["version"] == "next"
 
 
 def test_the_ppo_notebook_finds_an_sft_model_whose_save_was_killed_between_the_renames(tmp_path):
@@ -105,10 +113,24 @@ def test_stale_temporary_folders_are_removed_by_the_next_save(tmp_path):
 
 
 def test_a_running_writers_temporary_folder_is_left_alone(tmp_path):
-    busy = tmp_path / f"ckpt.tmp-{os.getppid()}"  # a live process (our parent)
-    busy.mkdir()
+    for busy in (tmp_path / f"ckpt.tmp-{os.getppid()}", tmp_path / f"ckpt.tmp-{ru.host_id()}-{os.getppid()}"):
+        busy.mkdir()  # a live process on this machine (our parent), in the old and the new naming
+        ru.recover_checkpoint(tmp_path / "ckpt")
+        assert busy.exists()
+
+
+def test_another_runtimes_save_in_progress_is_left_alone_until_it_is_long_untouched(tmp_path):
+    """Two Colab runtimes share the Drive folder: a process id from another machine says nothing here."""
+    elsewhere = tmp_path / "ckpt.tmp-another_runtime-1"  # pid 1 runs here too, so the id alone would not tell
+    elsewhere.mkdir()
+    (elsewhere / "weights.bin").write_bytes(b"half")
     ru.recover_checkpoint(tmp_path / "ckpt")
-    assert busy.exists()
+    assert elsewhere.exists()
+    long_ago = time.time() - ru.STALE_ELSEWHERE_S - 60
+    for path in (elsewhere / "weights.bin", elsewhere):
+        os.utime(path, (long_ago, long_ago))
+    ru.recover_checkpoint(tmp_path / "ckpt")
+    assert not elsewhere.exists() and (tmp_path / "ckpt.old").is_dir()  # the runtime is gone: its folder is the spare
 
 
 # ---------------------------------------------------------------------------
