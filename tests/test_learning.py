@@ -15,11 +15,14 @@ import rlhf_utils as ru
 # ---------------------------------------------------------------------------
 # (a) Reward model
 #
-# Measured (CPU, 1 thread, 100 steps of 16 sentences, lr 2e-3), seeds 0 / 1 / 2:
-#   BCE held-out accuracy 0.830 / 0.880 / 0.850;  pairwise held-out pair accuracy 0.95 / 0.91 / 0.95.
-# Chance is 0.5; the threshold leaves a margin of 0.08 below the worst seed.
+# Measured (CPU, 1 thread, 150 steps of 16 sentences, lr 2e-3), seeds 0 / 1 / 2, with PyTorch's AVX-512 kernels
+# and with its AVX2 ones (ATEN_CPU_CAPABILITY=avx2), which round differently:
+#   BCE held-out accuracy 0.860 / 0.910 / 0.930 and 0.855 / 0.910 / 0.920;
+#   pairwise held-out pair accuracy 0.95 / 0.93 / 0.95 and 0.95 / 0.92 / 0.94.
+# At 100 steps seed 0 had not converged on AVX-512 (0.715, 0.860 on AVX2), so the test depended on the processor.
+# Chance is 0.5; the threshold leaves a margin of 0.1 below the worst seed.
 
-RM_STEPS, RM_BATCH, RM_LR, RM_THRESHOLD = 100, 16, 2e-3, 0.75
+RM_STEPS, RM_BATCH, RM_LR, RM_THRESHOLD = 150, 16, 2e-3, 0.75
 
 
 def batch_of(tokenizer, sentences):
