@@ -122,6 +122,24 @@ def test_the_setup_cell_is_the_same_in_every_notebook_and_names_one_repository()
         first = json.loads((ROOT / name).read_text())["cells"][0]["source"]
         badges += re.findall(r"colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/", "".join(first))
     assert len(badges) == 6 and set(badges) == {repo}, badges  # a fork changes these (README, "Forks")
+    for name in NOTEBOOKS:  # each notebook, opened from its badge, asks Colab for a T4
+        metadata_ = json.loads((ROOT / name).read_text())["metadata"]
+        assert metadata_["accelerator"] == "GPU" and metadata_["colab"]["gpuType"] == "T4", name
+
+
+def test_a_clone_that_fails_names_repo_url_and_what_to_check(tmp_path):
+    """The setup cell, run as in a fresh Colab runtime (google.colab imported, empty /content), with a bad URL."""
+    content = tmp_path / "content"
+    content.mkdir()
+    script = "import google.colab\n" + code_cells("1-SFT.ipynb")[0]
+    env = {**os.environ, "PYTHONPATH": str(STANDIN), "RLHF_REPO_URL": str(tmp_path / "no-such-repository"),
+           "GIT_TERMINAL_PROMPT": "0"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=content, env=env, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert f"Could not clone REPO_URL = {tmp_path / 'no-such-repository'}" in done.stderr
+    assert "does not exist" in done.stderr  # git's own reason comes with it
+    assert "that the repository is public" in done.stderr and "run this cell again" in done.stderr
+    assert list(content.iterdir()) == []  # nothing half-cloned left behind
 
 
 # ---------------------------------------------------------------------------

@@ -151,6 +151,26 @@ def test_resume_continues_the_run_exactly(tmp_path):
     assert resumed.history.rows == straight.history.rows
 
 
+def test_the_checkpoint_of_iteration_0_holds_no_weights_and_resumes_exactly(tmp_path):
+    """Iteration 0's weights are the SFT model's, which the notebook loads anyway: that checkpoint is kilobytes."""
+    folder = tmp_path / "ppo_checkpoint"
+    straight = Run()
+    ru.save_ppo_checkpoint(folder, straight.policy, straight.optimizer, straight.scaler, straight.kl_controller, 0,
+                           straight.history, straight.generator, SIGNATURE)
+    assert not (folder / "policy.safetensors").exists() and ru.verify_checkpoint(folder)["weights"] is False
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 100_000
+    ppo_iterations(straight, 0, 3)
+    resumed = Run()  # a fresh process: the SFT weights again; its generator moved on, as other cells would move it
+    resumed.generator.manual_seed(99)
+    iteration, resumed.history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
+                                                        resumed.kl_controller, resumed.generator)
+    assert iteration == 0 and resumed.history.rows == []
+    ppo_iterations(resumed, 0, 3)
+    for name, tensor in resumed.policy.state_dict().items():
+        assert torch.equal(tensor, straight.policy.state_dict()[name]), name
+    assert resumed.history.rows == straight.history.rows
+
+
 def test_the_curve_is_logged_restored_on_resume_and_does_not_change_training(tmp_path):
     folder = tmp_path / "ppo_checkpoint"
     with_curve, without = Run(), Run()
