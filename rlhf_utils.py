@@ -184,9 +184,12 @@ def imported_distributions() -> dict[str, str]:
 
 
 def colab_constraints() -> dict[str, str]:
-    """The versions pip must keep: Colab's own builds (torch and its companions, the kernel), numpy, and every
-    package already imported (upgrading one under a running kernel leaves the old code loaded)."""
-    keep = {name: _installed_version(name) for name in COLAB_KEEP | {"numpy"}}
+    """The versions pip must keep: Colab's own builds (torch and its companions: torch*, triton, nvidia-*; the kernel),
+    numpy, and every package already imported (upgrading one under a running kernel leaves the old code loaded)."""
+    from importlib import metadata
+    companions = {d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]
+                  and d.metadata["Name"].lower().startswith(("torch", "triton", "nvidia-"))}
+    keep = {name: _installed_version(name) for name in COLAB_KEEP | companions | {"numpy"}}
     return {**{k: v for k, v in keep.items() if v is not None}, **imported_distributions()}
 
 
