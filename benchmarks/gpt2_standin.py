@@ -12,6 +12,7 @@ What it can show: that every full-profile code path runs (EOS in the labels, lef
 right token, resuming), and the time and memory of a step at full size. What it cannot: any quality figure, since
 the weights are random. Nothing from the tokenizer files or the model is part of this repository.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,21 @@ import rlhf_utils as ru  # noqa: E402
 def gpt2_tokenizer(vocab: Path, merges: Path):
     """GPT-2's tokenizer from its vocab.json and merges.txt, checked to be GPT-2's (50,257 tokens, EOS 50256)."""
     from transformers import GPT2TokenizerFast
+
     # transformers 5 names these vocab= and merges= (vocab_file= is swallowed by **kwargs and gives an empty vocabulary)
     tokenizer = GPT2TokenizerFast(vocab=str(vocab), merges=str(merges), model_max_length=1024)
     if len(tokenizer) != 50257 or tokenizer.eos_token_id != 50256:
-        raise SystemExit(f"{vocab}: {len(tokenizer)} tokens, EOS id {tokenizer.eos_token_id}; GPT-2's are 50257 and "
-                         "50256. Give GPT-2's own vocab.json and merges.txt.")
+        raise SystemExit(
+            f"{vocab}: {len(tokenizer)} tokens, EOS id {tokenizer.eos_token_id}; GPT-2's are 50257 and "
+            "50256. Give GPT-2's own vocab.json and merges.txt."
+        )
     return tokenizer
 
 
 def build(vocab: Path, merges: Path, out: Path, seed: int = 0) -> Path:
     """Save GPT-2 small's architecture with random weights and GPT-2's tokenizer to `out`; returns it."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     tokenizer = gpt2_tokenizer(vocab, merges)
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(GPT2Config())  # the defaults are GPT-2 small

@@ -22,6 +22,7 @@ lists every difference); --compare runs both, interleaving their iterations, and
 Timings on a shared machine: other jobs skew them (the load average is printed), and two PyTorch
 threads on two busy cores wait for each other (10x slower); measure on an idle machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
+from rlhf_support.errors import ConfigError
 
 # GPT2Config sizes. Dropout is off, as in PPO (the rollout and the update must see the same policy).
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -156,7 +158,9 @@ class PhaseClock:
             self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + now - self.start
             peak = peak_memory(self.device)
             if peak is not None and self.start_memory is not None:
-                self.peak_above_start[self.phase] = max(self.peak_above_start.get(self.phase, 0), peak - self.start_memory)
+                self.peak_above_start[self.phase] = max(
+                    self.peak_above_start.get(self.phase, 0), peak - self.start_memory
+                )
                 self.peak_absolute = max(self.peak_absolute, peak)
         if phase is not None:
             self.start_memory = memory_now(self.device) if reset_peak_memory(self.device) else None
@@ -177,22 +181,35 @@ class Shapes:
 
 def ppo_config(shapes: Shapes) -> ru.PPOConfig:
     """The notebook's PPO hyperparameters (PPOConfig's defaults: the full profile) with these shapes."""
-    return ru.PPOConfig(batch_size=shapes.batch_size, minibatch_size=shapes.minibatch_size,
-                        ppo_epochs=shapes.ppo_epochs, response_length=shapes.response_length,
-                        prompt_min_tokens=shapes.prompt_min, prompt_max_tokens=shapes.prompt_max)
+    return ru.PPOConfig(
+        batch_size=shapes.batch_size,
+        minibatch_size=shapes.minibatch_size,
+        ppo_epochs=shapes.ppo_epochs,
+        response_length=shapes.response_length,
+        prompt_min_tokens=shapes.prompt_min,
+        prompt_max_tokens=shapes.prompt_max,
+    )
 
 
-def build_models(size: str, device: torch.device, seed: int = 0,
-                 as_loaded: bool = True) -> tuple[ru.PolicyWithValueHead, torch.nn.Module, ru.ScalarHeadModel]:
+def build_models(
+    size: str, device: torch.device, seed: int = 0, as_loaded: bool = True
+) -> tuple[ru.PolicyWithValueHead, torch.nn.Module, ru.ScalarHeadModel]:
     """Random-weight policy (LM + value head), frozen reference copy, and reward model (trunk + scalar head).
 
     as_loaded: prepared as rlhf_utils' loaders prepare a checkpoint (`ru.use_fused_gelu`); else as
     transformers builds them.
     """
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+
     sizes = MODEL_SIZES[size]
-    config = GPT2Config(**sizes, bos_token_id=sizes["vocab_size"] - 1, eos_token_id=sizes["vocab_size"] - 1,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        **sizes,
+        bos_token_id=sizes["vocab_size"] - 1,
+        eos_token_id=sizes["vocab_size"] - 1,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     prepare = ru.use_fused_gelu if as_loaded else (lambda model: model)
     torch.manual_seed(seed)
     policy = ru.PolicyWithValueHead(prepare(GPT2LMHeadModel(config))).to(device)
@@ -202,7 +219,9 @@ def build_models(size: str, device: torch.device, seed: int = 0,
     return policy, ref_policy, reward_model
 
 
-def random_prompts(shapes: Shapes, vocab_size: int, pad_id: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_prompts(
+    shapes: Shapes, vocab_size: int, pad_id: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded random prompts of random length in [prompt_min, prompt_max]: (ids, mask), (B, P)."""
     lengths = torch.randint(shapes.prompt_min, shapes.prompt_max + 1, (shapes.batch_size,), generator=generator)
     rows = [torch.randint(0, vocab_size - 1, (int(n),), generator=generator).tolist() for n in lengths]
@@ -212,8 +231,17 @@ def random_prompts(shapes: Shapes, vocab_size: int, pad_id: int, generator: torc
 class PPOBench:
     """One PPO setup (models, optimiser, KL controller) and its iteration, fast or plain."""
 
-    def __init__(self, size: str, shapes: Shapes, device: torch.device, precision: ru.Precision,
-                 mode: str, seed: int = 0, rollout_chunk: int | None = None, only_rollout: bool = False):
+    def __init__(
+        self,
+        size: str,
+        shapes: Shapes,
+        device: torch.device,
+        precision: ru.Precision,
+        mode: str,
+        seed: int = 0,
+        rollout_chunk: int | None = None,
+        only_rollout: bool = False,
+    ):
         self.size, self.shapes, self.device, self.mode = size, shapes, device, mode
         self.rollout_chunk = shapes.minibatch_size if rollout_chunk is None else rollout_chunk  # 0: whole batch
         self.only_rollout = only_rollout
@@ -241,10 +269,17 @@ class PPOBench:
 
     def generate_plain(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Hugging Face generate, then a per-sample loop that masks everything after the first EOS."""
-        out = self.policy.lm.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=True, top_k=0,
-                                      temperature=self.cfg.temperature, max_new_tokens=self.cfg.response_length,
-                                      eos_token_id=self.eos_id, pad_token_id=self.pad_id)
-        responses = out[:, prompt_ids.shape[1]:]
+        out = self.policy.lm.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            top_k=0,
+            temperature=self.cfg.temperature,
+            max_new_tokens=self.cfg.response_length,
+            eos_token_id=self.eos_id,
+            pad_token_id=self.pad_id,
+        )
+        responses = out[:, prompt_ids.shape[1] :]
         response_mask = torch.zeros_like(responses)
         for i in range(responses.shape[0]):
             eos = (responses[i] == self.eos_id).nonzero()
@@ -252,26 +287,31 @@ class PPOBench:
             response_mask[i, :end] = 1
         return responses, response_mask
 
-    def policy_forward_plain(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                             response_start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def policy_forward_plain(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """ru.policy_forward's results from two trunk passes (logits, then values) and a full log_softmax."""
         position_ids = ru.positions_from_mask(attention_mask)
         logits = self.policy.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        logits = logits[:, response_start - 1:-1] / self.cfg.temperature  # (B, R, V)
+        logits = logits[:, response_start - 1 : -1] / self.cfg.temperature  # (B, R, V)
         logp = torch.log_softmax(logits, dim=-1)  # (B, R, V)
         logprobs = logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)  # (B, R)
         with torch.no_grad():
             entropy = -(torch.softmax(logits, dim=-1) * logp).sum(-1)  # (B, R)
-        hidden = self.policy.lm.transformer(input_ids=input_ids, attention_mask=attention_mask,
-                                            position_ids=position_ids).last_hidden_state  # (B, T, H)
-        values = self.policy.value_head(hidden)[:, response_start - 1:-1]  # (B, R)
+        hidden = self.policy.lm.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state  # (B, T, H)
+        values = self.policy.value_head(hidden)[:, response_start - 1 : -1]  # (B, R)
         return logprobs, values, entropy
 
-    def ref_logprobs_plain(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int) -> torch.Tensor:
+    def ref_logprobs_plain(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int
+    ) -> torch.Tensor:
         """ru.response_logprobs's result from a full log_softmax."""
-        logits = self.ref_policy(input_ids=input_ids, attention_mask=attention_mask,
-                                 position_ids=ru.positions_from_mask(attention_mask)).logits
-        logp = torch.log_softmax(logits[:, response_start - 1:-1] / self.cfg.temperature, dim=-1)  # (B, R, V)
+        logits = self.ref_policy(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=ru.positions_from_mask(attention_mask)
+        ).logits
+        logp = torch.log_softmax(logits[:, response_start - 1 : -1] / self.cfg.temperature, dim=-1)  # (B, R, V)
         return logp.gather(-1, input_ids[:, response_start:, None]).squeeze(-1)  # (B, R)
 
     # --- one iteration ----------------------------------------------------------------------
@@ -286,9 +326,18 @@ class PPOBench:
         # (1) Sample one response per prompt
         clock.begin("generation")
         if fast:
-            responses, response_mask = ru.generate(self.policy.lm, prompt_ids, prompt_mask, cfg.response_length,
-                                                   self.eos_id, self.pad_id, temperature=cfg.temperature, top_k=0,
-                                                   generator=self.generator, precision=self.precision)  # (B, R)
+            responses, response_mask = ru.generate(
+                self.policy.lm,
+                prompt_ids,
+                prompt_mask,
+                cfg.response_length,
+                self.eos_id,
+                self.pad_id,
+                temperature=cfg.temperature,
+                top_k=0,
+                generator=self.generator,
+                precision=self.precision,
+            )  # (B, R)
         else:
             with torch.no_grad():
                 responses, response_mask = self.generate_plain(prompt_ids, prompt_mask)
@@ -298,16 +347,29 @@ class PPOBench:
         # (2) Score, normalise, penalise a missing EOS; (3) log-probs and values of policy and reference
         clock.begin("scoring")
         with torch.no_grad(), autocast():
-            raw_scores = ru.score_responses(self.reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (B,)
+            raw_scores = ru.score_responses(
+                self.reward_model, prompt_ids, prompt_mask, responses, response_mask
+            )  # (B,)
             scores = (raw_scores - self.score_mean) / self.score_std
             has_eos = ru.ends_with_eos(responses, response_mask, self.eos_id)  # (B,)
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
             if fast:
-                logprobs, values, entropy = ru.policy_forward(self.policy, query_responses, attention_mask,
-                                                              response_start, cfg.temperature,
-                                                              chunk_size=self.rollout_chunk)  # (B, R) each
-                ref_logprobs = ru.response_logprobs(self.ref_policy, query_responses, attention_mask, response_start,
-                                                    cfg.temperature, chunk_size=self.rollout_chunk)  # (B, R)
+                logprobs, values, entropy = ru.policy_forward(
+                    self.policy,
+                    query_responses,
+                    attention_mask,
+                    response_start,
+                    cfg.temperature,
+                    chunk_size=self.rollout_chunk,
+                )  # (B, R) each
+                ref_logprobs = ru.response_logprobs(
+                    self.ref_policy,
+                    query_responses,
+                    attention_mask,
+                    response_start,
+                    cfg.temperature,
+                    chunk_size=self.rollout_chunk,
+                )  # (B, R)
             else:
                 logprobs, values, entropy = self.policy_forward_plain(query_responses, attention_mask, response_start)
                 ref_logprobs = self.ref_logprobs_plain(query_responses, attention_mask, response_start)
@@ -323,48 +385,90 @@ class PPOBench:
         for _ in range(0 if self.only_rollout else cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size, generator=self.generator, device=self.device)
             for mb_start in range(0, cfg.batch_size, cfg.minibatch_size):
-                mb = order[mb_start:mb_start + cfg.minibatch_size]
+                mb = order[mb_start : mb_start + cfg.minibatch_size]
                 mb_mask = response_mask[mb]
                 with autocast():
                     if fast:
-                        mb_logprobs, mb_values, _ = ru.policy_forward(self.policy, query_responses[mb], attention_mask[mb],
-                                                                      response_start, cfg.temperature, with_entropy=False)
+                        mb_logprobs, mb_values, _ = ru.policy_forward(
+                            self.policy,
+                            query_responses[mb],
+                            attention_mask[mb],
+                            response_start,
+                            cfg.temperature,
+                            with_entropy=False,
+                        )
                     else:
-                        mb_logprobs, mb_values, _ = self.policy_forward_plain(query_responses[mb], attention_mask[mb],
-                                                                              response_start)
-                pg_loss, pg_stats = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], mb_mask, cfg.clip_range)
+                        mb_logprobs, mb_values, _ = self.policy_forward_plain(
+                            query_responses[mb], attention_mask[mb], response_start
+                        )
+                pg_loss, pg_stats = ru.ppo_policy_loss(
+                    mb_logprobs, logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
+                )
                 vf_loss, vf_stats = ru.ppo_value_loss(mb_values, values[mb], returns[mb], mb_mask, cfg.clip_range_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
-                grad_norm = ru.optimizer_step(loss, self.optimizer, self.scaler, self.policy.parameters(), cfg.max_grad_norm)
-                stats = torch.stack([pg_loss.detach(), vf_loss.detach(), pg_stats["clipfrac"], pg_stats["approx_kl"],
-                                     vf_stats["clipfrac"], grad_norm.float()])
+                grad_norm = ru.optimizer_step(
+                    loss, self.optimizer, self.scaler, self.policy.parameters(), cfg.max_grad_norm
+                )
+                stats = torch.stack(
+                    [
+                        pg_loss.detach(),
+                        vf_loss.detach(),
+                        pg_stats["clipfrac"],
+                        pg_stats["approx_kl"],
+                        vf_stats["clipfrac"],
+                        grad_norm.float(),
+                    ]
+                )
                 mb_stats.append(stats if fast else stats.tolist())  # plain: a read-back (sync) per minibatch
 
         # (7) Statistics, read back once (fast), and the KL coefficient's update
         kl_per_sequence = kl.sum(1)  # (B,)
-        rollout = torch.stack([
-            scores.mean(), scores.std(), raw_scores.mean(), (raw_scores > 0).float().mean(), has_eos.float().mean(),
-            response_mask.sum(1).float().mean(), kl_per_sequence.mean(),
-            (scores - self.kl_ctl.value * kl_per_sequence).mean(), ru.masked_mean(entropy, response_mask),
-            ru.explained_variance(values, returns, response_mask)]).tolist()
-        mean_stats = ((torch.stack(mb_stats) if fast else torch.tensor(mb_stats)).mean(0).tolist() if mb_stats
-                      else [0.0] * 6)  # --only-rollout: no update
-        ru.check_finite("PPO benchmark", 0, policy_loss=mean_stats[0], value_loss=mean_stats[1], kl=rollout[6])
+        rollout = torch.stack(
+            [
+                scores.mean(),
+                scores.std(),
+                raw_scores.mean(),
+                (raw_scores > 0).float().mean(),
+                has_eos.float().mean(),
+                response_mask.sum(1).float().mean(),
+                kl_per_sequence.mean(),
+                (scores - self.kl_ctl.value * kl_per_sequence).mean(),
+                ru.masked_mean(entropy, response_mask),
+                ru.explained_variance(values, returns, response_mask),
+            ]
+        ).tolist()
+        mean_stats = (
+            (torch.stack(mb_stats) if fast else torch.tensor(mb_stats)).mean(0).tolist() if mb_stats else [0.0] * 6
+        )  # --only-rollout: no update
+        ru.stop_if_diverged("PPO benchmark", 0, policy_loss=mean_stats[0], value_loss=mean_stats[1], kl=rollout[6])
         self.kl_ctl.update(rollout[6], cfg.batch_size)
         clock.begin(None)
-        return {"kl": rollout[6], "score": rollout[0], "generated_tokens": rollout[5] * cfg.batch_size,
-                "loss": mean_stats[0] + cfg.vf_coef * mean_stats[1],
-                "update_tokens": cfg.ppo_epochs * cfg.batch_size * query_responses.shape[1]}
+        return {
+            "kl": rollout[6],
+            "score": rollout[0],
+            "generated_tokens": rollout[5] * cfg.batch_size,
+            "loss": mean_stats[0] + cfg.vf_coef * mean_stats[1],
+            "update_tokens": cfg.ppo_epochs * cfg.batch_size * query_responses.shape[1],
+        }
 
 
-def run_modes(modes: list[str], args: argparse.Namespace, shapes: Shapes, device: torch.device,
-              precision: ru.Precision) -> dict[str, dict[str, Any]]:
+def run_modes(
+    modes: list[str], args: argparse.Namespace, shapes: Shapes, device: torch.device, precision: ru.Precision
+) -> dict[str, dict[str, Any]]:
     """Build and warm up each mode, then time their iterations interleaved (same machine conditions)."""
     benches, resident = {}, {}
     for mode in modes:
         before = memory_now(device)
-        benches[mode] = PPOBench(args.size, shapes, device, precision, mode, seed=args.seed,
-                                 rollout_chunk=args.rollout_chunk, only_rollout=args.only_rollout)
+        benches[mode] = PPOBench(
+            args.size,
+            shapes,
+            device,
+            precision,
+            mode,
+            seed=args.seed,
+            rollout_chunk=args.rollout_chunk,
+            only_rollout=args.only_rollout,
+        )
         for _ in range(args.warmup):
             benches[mode].iteration(PhaseClock(device))
         after = memory_now(device)
@@ -405,10 +509,14 @@ def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -
         "episodes_per_second": bench.shapes.batch_size / seconds["total"],
         "generated_tokens_per_second": tokens / seconds["generation"],
         "peak_memory_gib": max(r[2] for r in records) / 2**30 if records[0][2] is not None else None,
-        "peak_memory_kind": ("GPU tensors (max_memory_allocated), this mode's own" if device.type == "cuda"
-                             else "the process's peak resident set (VmHWM)"),
+        "peak_memory_kind": (
+            "GPU tensors (max_memory_allocated), this mode's own"
+            if device.type == "cuda"
+            else "the process's peak resident set (VmHWM)"
+        ),
         "phase_peak_above_start_gib": {p: max(r[3].get(p, 0) for r in records) / 2**30 for p in phases}
-                                      if records[0][3] else None,
+        if records[0][3]
+        else None,
         "optimisation_flops": update_flops,
         "mfu_optimisation": update_flops / seconds["optimisation"] / peak if peak else None,
         "peak_flops": peak,
@@ -421,15 +529,28 @@ def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -
 def format_table(result: dict[str, Any]) -> str:
     """The result as a text table."""
     s = result["seconds_per_iteration"]
-    rows = [("generation", f"{s['generation']:.4f}"), ("scoring + log-prob passes", f"{s['scoring']:.4f}"),
-            ("optimisation", f"{s['optimisation']:.4f}"), ("total", f"{s['total']:.4f}"),
-            ("episodes / s", f"{result['episodes_per_second']:.1f}"),
-            ("generated tokens / s (generation phase)", f"{result['generated_tokens_per_second']:.0f}"),
-            ("peak memory, " + ("GPU" if result["peak_memory_kind"].startswith("GPU") else "process RSS"),
-             "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB"),
-            *[(f"  added by {phase}", f"{gib:.3f} GiB") for phase, gib in (result["phase_peak_above_start_gib"] or {}).items()],
-            ("MFU of optimisation", "n/a" if result["mfu_optimisation"] is None
-             else f"{100 * result['mfu_optimisation']:.1f}% of {result['peak_flops'] / 1e12:.0f} TFLOP/s {result['peak_flops_dtype']}")]
+    rows = [
+        ("generation", f"{s['generation']:.4f}"),
+        ("scoring + log-prob passes", f"{s['scoring']:.4f}"),
+        ("optimisation", f"{s['optimisation']:.4f}"),
+        ("total", f"{s['total']:.4f}"),
+        ("episodes / s", f"{result['episodes_per_second']:.1f}"),
+        ("generated tokens / s (generation phase)", f"{result['generated_tokens_per_second']:.0f}"),
+        (
+            "peak memory, " + ("GPU" if result["peak_memory_kind"].startswith("GPU") else "process RSS"),
+            "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB",
+        ),
+        *[
+            (f"  added by {phase}", f"{gib:.3f} GiB")
+            for phase, gib in (result["phase_peak_above_start_gib"] or {}).items()
+        ],
+        (
+            "MFU of optimisation",
+            "n/a"
+            if result["mfu_optimisation"] is None
+            else f"{100 * result['mfu_optimisation']:.1f}% of {result['peak_flops'] / 1e12:.0f} TFLOP/s {result['peak_flops_dtype']}",
+        ),
+    ]
     width = max(len(r[0]) for r in rows)
     lines = [f"{'phase':<{width}} | s/iter", f"{'-' * width}-|-------"]
     for i, (name, value) in enumerate(rows):
@@ -443,29 +564,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     by_size = "; default by --size: " + ", ".join(f"{k} {{{k}}}" for k in SHAPE_DEFAULTS)
-    for flag, key, what in [("--batch-size", "batch_size", "episodes per iteration"),
-                            ("--prompt-min", "prompt_min", "shortest prompt, in tokens"),
-                            ("--prompt-max", "prompt_max", "longest prompt, in tokens"),
-                            ("--response-length", "response_length", "most new tokens per response"),
-                            ("--minibatch-size", "minibatch_size", "episodes per gradient step")]:
-        parser.add_argument(flag, type=int, help=what + by_size.format(**{k: v[key] for k, v in SHAPE_DEFAULTS.items()}))
-    parser.add_argument("--size", choices=list(MODEL_SIZES), default="tiny",
-                        help="model shape, random weights: tiny (2 layers, 64 wide, 1024 tokens), gpt2 (124M), "
-                             "gpt2-medium (355M); default tiny")
+    for flag, key, what in [
+        ("--batch-size", "batch_size", "episodes per iteration"),
+        ("--prompt-min", "prompt_min", "shortest prompt, in tokens"),
+        ("--prompt-max", "prompt_max", "longest prompt, in tokens"),
+        ("--response-length", "response_length", "most new tokens per response"),
+        ("--minibatch-size", "minibatch_size", "episodes per gradient step"),
+    ]:
+        parser.add_argument(
+            flag, type=int, help=what + by_size.format(**{k: v[key] for k, v in SHAPE_DEFAULTS.items()})
+        )
+    parser.add_argument(
+        "--size",
+        choices=list(MODEL_SIZES),
+        default="tiny",
+        help="model shape, random weights: tiny (2 layers, 64 wide, 1024 tokens), gpt2 (124M), "
+        "gpt2-medium (355M); default tiny",
+    )
     parser.add_argument("--ppo-epochs", type=int, default=4, help="passes over each batch; default 4")
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations per mode; default 5")
     parser.add_argument("--warmup", type=int, default=1, help="untimed iterations first, per mode; default 1")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto (CUDA if present)")
+    parser.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto", help="default auto (CUDA if present)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="PyTorch CPU threads; default 0: PyTorch's choice")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
-                        help="of the fast path; auto (default): bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="of the fast path; auto (default): bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU",
+    )
     parser.add_argument("--mode", choices=["fast", "plain"], default="fast", help="default fast")
     parser.add_argument("--compare", action="store_true", help="run plain and fast in this process and print the ratio")
-    parser.add_argument("--rollout-chunk", type=int, help="rows per no-gradient pass of the fast path's step (3); "
-                        "default: --minibatch-size, as the notebook; 0: the whole batch at once (the peak memory "
-                        "before chunking)")
-    parser.add_argument("--only-rollout", action="store_true", help="steps (1)-(5) only, no PPO update: to measure "
-                        "the rollout's time and memory where a full iteration would take too long (a CPU at GPT-2 size)")
+    parser.add_argument(
+        "--rollout-chunk",
+        type=int,
+        help="rows per no-gradient pass of the fast path's step (3); "
+        "default: --minibatch-size, as the notebook; 0: the whole batch at once (the peak memory "
+        "before chunking)",
+    )
+    parser.add_argument(
+        "--only-rollout",
+        action="store_true",
+        help="steps (1)-(5) only, no PPO update: to measure "
+        "the rollout's time and memory where a full iteration would take too long (a CPU at GPT-2 size)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     parser.add_argument("--seed", type=int, default=0, help="default 0")
     args = parser.parse_args(argv)
@@ -477,7 +620,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.batch_size % args.minibatch_size:
         parser.error(f"--batch-size {args.batch_size} must be a multiple of --minibatch-size {args.minibatch_size}")
     if args.prompt_max + args.response_length > MODEL_SIZES[args.size]["n_positions"]:
-        parser.error(f"--prompt-max + --response-length exceeds the {MODEL_SIZES[args.size]['n_positions']} positions of {args.size}")
+        parser.error(
+            f"--prompt-max + --response-length exceeds the {MODEL_SIZES[args.size]['n_positions']} positions of {args.size}"
+        )
     if args.rollout_chunk is not None and args.rollout_chunk < 0:
         parser.error("--rollout-chunk must be >= 0 (0: the whole batch)")
     if args.iterations < 1 or args.warmup < 0:
@@ -485,9 +630,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but PyTorch sees no CUDA GPU: use --device cpu, or a CUDA build of PyTorch")
     try:  # PPOConfig checks the rest (batch >= 2, epochs >= 1, ...)
-        ppo_config(Shapes(args.batch_size, args.prompt_min, args.prompt_max, args.response_length, args.ppo_epochs,
-                          args.minibatch_size))
-    except ru.ConfigError as error:
+        ppo_config(
+            Shapes(
+                args.batch_size,
+                args.prompt_min,
+                args.prompt_max,
+                args.response_length,
+                args.ppo_epochs,
+                args.minibatch_size,
+            )
+        )
+    except ConfigError as error:
         parser.error(str(error))
     return args
 
@@ -501,25 +654,40 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = ru.resolve_device(args.device)
         precision = ru.resolve_precision(device, args.precision)
     except ru.RLHFError as error:
-        raise SystemExit(f"error: {error}")
-    shapes = Shapes(args.batch_size, args.prompt_min, args.prompt_max, args.response_length, args.ppo_epochs,
-                    args.minibatch_size)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}, {torch.get_num_threads()} threads"
+        raise SystemExit(f"error: {error}") from None
+    shapes = Shapes(
+        args.batch_size, args.prompt_min, args.prompt_max, args.response_length, args.ppo_epochs, args.minibatch_size
+    )
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{cpu_name()}, {torch.get_num_threads()} threads"
+    )
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")  # other jobs on the machine skew timings
-    print(f"PPO benchmark: {args.size}, batch {shapes.batch_size}, prompts {shapes.prompt_min}-{shapes.prompt_max} "
-          f"tokens, {shapes.response_length} new tokens, {shapes.ppo_epochs} epochs x minibatch "
-          f"{shapes.minibatch_size}; {where}; torch {torch.__version__}; {args.iterations} timed iterations "
-          f"after {args.warmup} warm-up; load average {load:.2f}")
+    print(
+        f"PPO benchmark: {args.size}, batch {shapes.batch_size}, prompts {shapes.prompt_min}-{shapes.prompt_max} "
+        f"tokens, {shapes.response_length} new tokens, {shapes.ppo_epochs} epochs x minibatch "
+        f"{shapes.minibatch_size}; {where}; torch {torch.__version__}; {args.iterations} timed iterations "
+        f"after {args.warmup} warm-up; load average {load:.2f}"
+    )
     modes = ["plain", "fast"] if args.compare else [args.mode]
     results = run_modes(modes, args, shapes, device, precision)
     for mode, result in results.items():
         print(f"\n[{mode}, {result['precision']}]")
         print(format_table(result))
-    report: dict[str, Any] = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-                              "device": where, "torch": torch.__version__, "load_average_1min": load,
-                              "shapes": vars(shapes), "size": args.size, "only_rollout": args.only_rollout,
-                              "rollout_chunk": shapes.minibatch_size if args.rollout_chunk is None else args.rollout_chunk,
-                              "iterations": args.iterations, "warmup": args.warmup, "results": results}
+    report: dict[str, Any] = {
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "device": where,
+        "torch": torch.__version__,
+        "load_average_1min": load,
+        "shapes": vars(shapes),
+        "size": args.size,
+        "only_rollout": args.only_rollout,
+        "rollout_chunk": shapes.minibatch_size if args.rollout_chunk is None else args.rollout_chunk,
+        "iterations": args.iterations,
+        "warmup": args.warmup,
+        "results": results,
+    }
     if args.compare:
         ratio = results["plain"]["seconds_per_iteration"]["total"] / results["fast"]["seconds_per_iteration"]["total"]
         report["speedup_fast_over_plain"] = ratio

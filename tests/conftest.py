@@ -2,6 +2,7 @@
 
 Nothing here touches outputs/ or the real SST-2: every asset is built by rlhf_utils itself.
 """
+
 import logging
 import os
 import sys
@@ -20,7 +21,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
-import smoke_data  # noqa: E402
+from rlhf_support import smoke_data  # noqa: E402
+from rlhf_support.config import ENV_PREFIX  # noqa: E402
+from rlhf_support.profiles import SMOKE_DATA_SIZES, build_base_model, build_smoke_dataset  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Deprecations: a test fails when one of the project's own calls into transformers, datasets, torch (or
@@ -28,7 +31,7 @@ import smoke_data  # noqa: E402
 # removal is seen the day its warning appears, not the day a fresh install breaks the notebooks.
 
 LIBRARIES = ("transformers", "datasets", "torch", "huggingface_hub", "tokenizers", "safetensors")
-PROJECT_FILES = (ROOT / "rlhf_utils.py", ROOT / "smoke_data.py", ROOT / "benchmarks", ROOT / "tests")
+PROJECT_FILES = (ROOT / "rlhf_utils.py", ROOT / "rlhf_support", ROOT / "benchmarks", ROOT / "tests")
 
 
 def _in_library(filename: str) -> bool:
@@ -39,12 +42,19 @@ def _in_library(filename: str) -> bool:
 
 def _from_project(stack: list) -> bool:
     """True when a frame of the call stack belongs to the project (its module, benchmarks or tests)."""
-    return any(Path(frame.filename).resolve().is_relative_to(p) for frame in stack for p in PROJECT_FILES
-               if "site-packages" not in frame.filename)
+    return any(
+        Path(frame.filename).resolve().is_relative_to(p)
+        for frame in stack
+        for p in PROJECT_FILES
+        if "site-packages" not in frame.filename
+    )
 
 
 def _is_deprecation(category: type, message: str) -> bool:
-    return issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning)) or "deprecat" in message.lower()
+    return (
+        issubclass(category, (DeprecationWarning, PendingDeprecationWarning, FutureWarning))
+        or "deprecat" in message.lower()
+    )
 
 
 class DeprecationGuard:
@@ -61,8 +71,9 @@ class DeprecationGuard:
         stack = traceback.extract_stack()[:-1]
         if _is_deprecation(category, str(message)) and _in_library(filename) and _from_project(stack):
             caller = next(f for f in reversed(stack) if _from_project([f]))
-            self.found.append(f"{category.__name__}: {message} ({filename}:{lineno}; called from "
-                              f"{caller.filename}:{caller.lineno})")
+            self.found.append(
+                f"{category.__name__}: {message} ({filename}:{lineno}; called from {caller.filename}:{caller.lineno})"
+            )
         else:  # everything else goes where it went before (pytest's warning summary)
             warnings._showwarnmsg_impl(warnings.WarningMessage(message, category, filename, lineno, file, line))
 
@@ -113,7 +124,7 @@ torch.set_num_threads(1)
 def no_rlhf_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Unset every RLHF_ variable for the test (e.g. CI's RLHF_SMOKE=1, which would contradict RLHF_PROFILE=cpu),
     so a test that runs notebooks sets exactly the settings it means (with the same monkeypatch)."""
-    for name in [k for k in os.environ if k.startswith(ru.ENV_PREFIX)]:
+    for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
 
 
@@ -121,15 +132,15 @@ def no_rlhf_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def smoke_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """{'data': smoke SST-2 folder, 'base': tiny GPT-2 + BPE tokenizer folder}, built once."""
     root = tmp_path_factory.mktemp("smoke")
-    data = ru.build_smoke_dataset(root / "data" / "sst2", **ru.SMOKE_DATA_SIZES)
-    base = ru.build_base_model(root / "base_model", str(data), "smoke", seed=0)
+    data = build_smoke_dataset(root / "data" / "sst2", **SMOKE_DATA_SIZES)
+    base = build_base_model(root / "base_model", str(data), "smoke", seed=0)
     return {"data": data, "base": base}
 
 
 @pytest.fixture(scope="session")
 def smoke_rows() -> dict[str, list[dict]]:
     """The smoke SST-2 rows as Python dicts (the same data the smoke folder holds)."""
-    return smoke_data.make_smoke_sst2(**ru.SMOKE_DATA_SIZES, seed=0)
+    return smoke_data.make_smoke_sst2(**SMOKE_DATA_SIZES, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Atomic checkpoints, manifests, model round trips, and the errors a learner meets when something is off."""
+
 import json
 import os
 import shutil
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 import rlhf_utils as ru
+from rlhf_support import checkpoints, data, errors, profiles
 
 
 def write_checkpoint(folder, text: str, meta=None):
-    with ru.atomic_directory(folder, meta) as tmp:
+    with checkpoints.atomic_directory(folder, meta) as tmp:
         (tmp / "weights.bin").write_bytes(text.encode() * 100)
         (tmp / "sub").mkdir(exist_ok=True)  # a save may find the spare's (emptied) folders there
         (tmp / "sub" / "notes.txt").write_text(text)
@@ -24,11 +26,12 @@ def leftovers(folder):
 # ---------------------------------------------------------------------------
 # atomic_directory and verify_checkpoint
 
+
 def test_atomic_directory_writes_a_manifest_and_replaces_the_old_checkpoint(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, "first", meta={"step": 1})
     assert ru.verify_checkpoint(folder) == {"step": 1}
-    manifest = json.loads((folder / ru.MANIFEST).read_text())
+    manifest = json.loads((folder / checkpoints.MANIFEST).read_text())
     assert set(manifest["files"]) == {"weights.bin", "sub/notes.txt"}
     first_inode = (folder / "weights.bin").stat().st_ino
     write_checkpoint(folder, "second", meta={"step": 2})
@@ -46,9 +49,9 @@ def test_a_file_of_the_spare_that_the_next_save_does_not_write_is_dropped(tmp_pa
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, "first")
     write_checkpoint(folder, "second")
-    with ru.atomic_directory(folder, {"step": 3}) as tmp:  # the spare ("first") had sub/notes.txt too
+    with checkpoints.atomic_directory(folder, {"step": 3}) as tmp:  # the spare ("first") had sub/notes.txt too
         (tmp / "weights.bin").write_bytes(b"only this")
-    manifest = json.loads((folder / ru.MANIFEST).read_text())
+    manifest = json.loads((folder / checkpoints.MANIFEST).read_text())
     assert set(manifest["files"]) == {"weights.bin"} and not (folder / "sub" / "notes.txt").exists()
     assert ru.verify_checkpoint(folder) == {"step": 3}
 
@@ -58,7 +61,7 @@ def test_atomic_directory_keeps_the_previous_checkpoint_when_writing_fails(tmp_p
     write_checkpoint(folder, "good", meta={"step": 10})
     before = {p.name: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     with pytest.raises(RuntimeError, match="disk full"):
-        with ru.atomic_directory(folder, {"step": 11}) as tmp:
+        with checkpoints.atomic_directory(folder, {"step": 11}) as tmp:
             (tmp / "weights.bin").write_bytes(b"half")
             raise RuntimeError("disk full")
     assert ru.verify_checkpoint(folder) == {"step": 10}
@@ -68,7 +71,7 @@ def test_atomic_directory_keeps_the_previous_checkpoint_when_writing_fails(tmp_p
     assert ru.verify_checkpoint(folder) == {"step": 11} and leftovers(folder) == ["ckpt.old"]
     # an interrupted first save leaves no folder at all, not a half-written one
     with pytest.raises(KeyboardInterrupt):
-        with ru.atomic_directory(tmp_path / "new") as tmp:
+        with checkpoints.atomic_directory(tmp_path / "new") as tmp:
             (tmp / "x").write_text("x")
             raise KeyboardInterrupt
     assert not (tmp_path / "new").exists()
@@ -104,11 +107,11 @@ def test_verify_checkpoint_refuses_changed_truncated_and_missing_files(tmp_path)
 def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp_path):
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, "abc")
-    (folder / ru.MANIFEST).write_text("{not json")
+    (folder / checkpoints.MANIFEST).write_text("{not json")
     with pytest.raises(ru.CheckpointError, match="damaged"):
         ru.verify_checkpoint(folder)
     # a folder without any manifest (saved elsewhere with save_pretrained) is accepted as it is ...
-    (folder / ru.MANIFEST).unlink()
+    (folder / checkpoints.MANIFEST).unlink()
     assert ru.verify_checkpoint(folder) == {}
     # a stale temporary folder of a save whose process is gone becomes the spare on the way
     (tmp_path / "ckpt.tmp-999999999").mkdir()
@@ -122,14 +125,15 @@ def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp
 # ---------------------------------------------------------------------------
 # Models
 
+
 def test_save_and_load_causal_lm(tmp_path, tiny_lm, tokenizer):
     folder = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft", meta={"steps": 3})
     meta = ru.verify_checkpoint(folder)
     assert meta["kind"] == "causal_lm" and meta["steps"] == 3
-    assert meta["vocabulary"] == ru.vocabulary_fingerprint(tokenizer)
+    assert meta["vocabulary"] == checkpoints.vocabulary_fingerprint(tokenizer)
     loaded = ru.load_causal_lm(str(folder)).eval()
     loaded_tokenizer = ru.load_tokenizer(str(folder))
-    ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
+    ru.require_same_vocabulary(tokenizer, loaded_tokenizer)
     ids = torch.tensor([ru.tokenize_sentences(["the film is charming"], tokenizer, 16)[0]])
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=ids).logits, tiny_lm(input_ids=ids).logits, atol=1e-6, rtol=0)
@@ -148,8 +152,9 @@ def test_load_causal_lm_refuses_a_corrupt_folder(tmp_path, tiny_lm, tokenizer):
 def saved_reward_model(tmp_path, smoke_dirs, tokenizer):
     torch.manual_seed(0)
     model = ru.build_reward_model(str(smoke_dirs["base"])).eval()
-    folder = ru.save_reward_model(model, tokenizer, tmp_path / "rm", score_mean=0.25, score_std=1.5,
-                                  threshold=-0.75, meta={"loss": "bce"})
+    folder = ru.save_reward_model(
+        model, tokenizer, tmp_path / "rm", score_mean=0.25, score_std=1.5, threshold=-0.75, meta={"loss": "bce"}
+    )
     return model, folder
 
 
@@ -160,7 +165,7 @@ def test_save_and_load_reward_model(saved_reward_model, tokenizer):
     assert info["score_mean"] == 0.25 and info["score_std"] == 1.5 and info["loss"] == "bce"
     assert info["threshold"] == -0.75
     assert info["layout"] == ru.REWARD_MODEL_LAYOUT
-    ru.check_same_vocabulary(tokenizer, loaded_tokenizer)
+    ru.require_same_vocabulary(tokenizer, loaded_tokenizer)
     rows = ru.tokenize_sentences(["a gem", "the film is dull and lifeless ."], tokenizer, 32)
     ids, mask = ru.pad_batch(rows, tokenizer.pad_token_id)
     with torch.no_grad():
@@ -177,9 +182,9 @@ def test_load_reward_model_refuses_other_folders(tmp_path, saved_reward_model, t
         ru.load_reward_model(lm_folder)
     # a reward model saved in another layout
     info = json.loads((good / ru.REWARD_CONFIG).read_text())
-    with ru.atomic_directory(tmp_path / "rm_v99") as tmp:
+    with checkpoints.atomic_directory(tmp_path / "rm_v99") as tmp:
         for path in good.iterdir():
-            if path.is_file() and path.name not in (ru.MANIFEST, ru.REWARD_CONFIG):
+            if path.is_file() and path.name not in (checkpoints.MANIFEST, ru.REWARD_CONFIG):
                 shutil.copy(path, tmp / path.name)
         (tmp / ru.REWARD_CONFIG).write_text(json.dumps({**info, "layout": 99}))
     with pytest.raises(ru.CheckpointError, match="layout 99"):
@@ -200,7 +205,7 @@ def test_a_saved_reward_model_with_a_flipped_byte_or_an_old_layout_is_refused(tm
     with pytest.raises(ru.CheckpointError, match="model.safetensors does not match its manifest"):
         ru.load_reward_model(damaged)
     old = shutil.copytree(good, tmp_path / "old_layout")
-    (old / ru.MANIFEST).unlink()  # like a folder an older version wrote: no manifest, layout 1, no threshold
+    (old / checkpoints.MANIFEST).unlink()  # like a folder an older version wrote: no manifest, layout 1, no threshold
     info = json.loads((old / ru.REWARD_CONFIG).read_text())
     info.pop("threshold")
     (old / ru.REWARD_CONFIG).write_text(json.dumps({**info, "layout": 1}))
@@ -210,21 +215,29 @@ def test_a_saved_reward_model_with_a_flipped_byte_or_an_old_layout_is_refused(tm
 
 def test_check_sst2_refuses_labels_other_than_0_1_and_a_missing_label_column():
     import datasets
-    bad = datasets.DatasetDict({split: datasets.Dataset.from_dict({"sentence": ["great fun", "dull"], "label": [4, 0]})
-                                for split in ("train", "validation")})
-    with pytest.raises(ru.DatasetSchemaError, match=r"labels \[0, 4\]"):
-        ru.check_sst2(bad)
-    no_labels = datasets.DatasetDict({split: datasets.Dataset.from_dict({"sentence": ["great fun"]})
-                                      for split in ("train", "validation")})
-    with pytest.raises(ru.DatasetSchemaError, match="no 'label' column"):
-        ru.check_sst2(no_labels)
+
+    bad = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict({"sentence": ["great fun", "dull"], "label": [4, 0]})
+            for split in ("train", "validation")
+        }
+    )
+    with pytest.raises(errors.DatasetSchemaError, match=r"labels \[0, 4\]"):
+        data.validate_sst2(bad)
+    no_labels = datasets.DatasetDict(
+        {split: datasets.Dataset.from_dict({"sentence": ["great fun"]}) for split in ("train", "validation")}
+    )
+    with pytest.raises(errors.DatasetSchemaError, match="no 'label' column"):
+        data.validate_sst2(no_labels)
 
 
 def test_check_same_vocabulary_refuses_another_tokenizer(tokenizer, smoke_rows):
-    other = ru.train_bpe_tokenizer([r["sentence"] for r in smoke_rows["train"][:300]], vocab_size=400, max_length=64)
+    other = profiles.train_bpe_tokenizer(
+        [r["sentence"] for r in smoke_rows["train"][:300]], vocab_size=400, max_length=64
+    )
     with pytest.raises(ru.CheckpointError, match="vocabulary"):
-        ru.check_same_vocabulary(tokenizer, other)
-    ru.check_same_vocabulary(tokenizer, tokenizer)
+        ru.require_same_vocabulary(tokenizer, other)
+    ru.require_same_vocabulary(tokenizer, tokenizer)
 
 
 # ---------------------------------------------------------------------------
@@ -233,13 +246,18 @@ def test_check_same_vocabulary_refuses_another_tokenizer(tokenizer, smoke_rows):
 HUB_NAME = "rlhf-in-notebooks/no-such-model"  # a hub id (not a path) that no cache holds
 
 
-@pytest.mark.skipif(os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"),
-                    reason="checks the offline error; HF_HUB_OFFLINE is not set")
-@pytest.mark.parametrize("load", [ru.load_causal_lm, ru.load_tokenizer, ru.build_reward_model, ru.load_sst2],
-                         ids=["causal_lm", "tokenizer", "reward_trunk", "dataset"])
+@pytest.mark.skipif(
+    os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("1", "true", "yes", "on"),
+    reason="checks the offline error; HF_HUB_OFFLINE is not set",
+)
+@pytest.mark.parametrize(
+    "load",
+    [ru.load_causal_lm, ru.load_tokenizer, ru.build_reward_model, ru.load_sst2],
+    ids=["causal_lm", "tokenizer", "reward_trunk", "dataset"],
+)
 def test_hub_name_offline_fails_fast_with_a_helpful_message(load):
     start = time.perf_counter()
-    with pytest.raises(ru.HubUnavailableError) as info:
+    with pytest.raises(errors.HubUnavailableError) as info:
         load(HUB_NAME)
     elapsed = time.perf_counter() - start
     message = str(info.value)
@@ -250,10 +268,12 @@ def test_hub_name_offline_fails_fast_with_a_helpful_message(load):
 # ---------------------------------------------------------------------------
 # Models through the hub: what push_to_hub uploads, notebook 3 can start from
 
+
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
     """huggingface_hub's upload and download, backed by a folder: repo 'a/b' lives in hub/a/b."""
     import huggingface_hub
+
     hub = tmp_path / "hub"
 
     def upload_folder(self, folder_path, repo_id, **kwargs):
@@ -263,11 +283,17 @@ def fake_hub(tmp_path, monkeypatch):
         if not (hub / repo_id).is_dir():
             import httpx
             from huggingface_hub.errors import RepositoryNotFoundError
-            raise RepositoryNotFoundError(f"{repo_id} not found", response=httpx.Response(
-                404, request=httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")))
+
+            raise RepositoryNotFoundError(
+                f"{repo_id} not found",
+                response=httpx.Response(
+                    404, request=httpx.Request("GET", f"https://huggingface.co/api/models/{repo_id}")
+                ),
+            )
         cache = tmp_path / "cache" / repo_id.replace("/", "--")
         shutil.copytree(hub / repo_id, cache, dirs_exist_ok=True)
         return str(cache)
+
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_fake")
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, exist_ok=True: None)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
@@ -279,29 +305,37 @@ def test_the_reward_model_round_trips_through_the_hub(tmp_path, fake_hub, saved_
     model, folder = saved_reward_model
     ru.push_folder_to_hub(folder, "me/gpt2-sst2-reward")
     sft = ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "out" / "sft_model")
-    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"),
-                                        "RLHF_REWARD_MODEL_DIR": "me/gpt2-sst2-reward"})
-    sft_path, reward_path = ru.check_ppo_inputs(cfg)
+    cfg = ru.make_config(
+        ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"), "RLHF_REWARD_MODEL_DIR": "me/gpt2-sst2-reward"}
+    )
+    sft_path, reward_path = ru.find_ppo_inputs(cfg)
     assert sft_path == sft and reward_path != folder and reward_path.is_dir()  # fetched, not the local original
     loaded, _, info = ru.load_reward_model(reward_path)  # verified against the manifest that travelled with it
     assert (info["score_mean"], info["score_std"], info["threshold"]) == (0.25, 1.5, -0.75)
     ids, mask = ru.pad_batch(ru.tokenize_sentences(["a gem", "a dull mess"], tokenizer, 32), tokenizer.pad_token_id)
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(ids, mask), model.score(ids, mask), atol=1e-6, rtol=0)
-    missing = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"), "RLHF_REWARD_MODEL_DIR": "me/nothing"})
-    with pytest.raises(ru.CheckpointError, match="no reward model 'me/nothing' on the Hugging Face hub.*RLHF_REWARD_MODEL_DIR"):
-        ru.check_ppo_inputs(missing)
+    missing = ru.make_config(
+        ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"), "RLHF_REWARD_MODEL_DIR": "me/nothing"}
+    )
+    with pytest.raises(
+        ru.CheckpointError, match="no reward model 'me/nothing' on the Hugging Face hub.*RLHF_REWARD_MODEL_DIR"
+    ):
+        ru.find_ppo_inputs(missing)
 
 
 def test_a_hub_input_without_a_connection_names_the_setting_to_change(tmp_path, tiny_lm, tokenizer):
     ru.save_causal_lm(tiny_lm, tokenizer, tmp_path / "sft_model")
     cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_REWARD_MODEL_DIR": "me/not-cached"})
-    with pytest.raises(ru.HubUnavailableError, match="Could not fetch the reward model 'me/not-cached'.*RLHF_REWARD_MODEL_DIR"):
-        ru.check_ppo_inputs(cfg)  # HF_HUB_OFFLINE=1 in the tests: the hub cannot be reached
+    with pytest.raises(
+        errors.HubUnavailableError, match="Could not fetch the reward model 'me/not-cached'.*RLHF_REWARD_MODEL_DIR"
+    ):
+        ru.find_ppo_inputs(cfg)  # HF_HUB_OFFLINE=1 in the tests: the hub cannot be reached
 
 
 # ---------------------------------------------------------------------------
 # Google Drive: uploads from another runtime, disconnects, and a spare that cannot be removed
+
 
 def test_a_model_still_uploading_from_another_runtime_says_wait_and_keeps_the_previous_version(tmp_path):
     folder = tmp_path / "sft_model"
@@ -326,11 +360,11 @@ def test_a_drive_that_disconnects_during_a_save_is_named_as_such(tmp_path, errno
     folder = tmp_path / "ckpt"
     write_checkpoint(folder, "good", meta={"step": 1})
     with pytest.raises(ru.CheckpointError, match=f"Google Drive disconnecting \\(errno {errno_value}\\)"):
-        with ru.atomic_directory(folder, {"step": 2}):
+        with checkpoints.atomic_directory(folder, {"step": 2}):
             raise OSError(errno_value, os.strerror(errno_value))
     assert ru.verify_checkpoint(folder) == {"step": 1}
     with pytest.raises(ru.CheckpointError) as other:
-        with ru.atomic_directory(folder, {"step": 2}):
+        with checkpoints.atomic_directory(folder, {"step": 2}):
             raise OSError(28, os.strerror(28))  # a full disk is not a disconnect
     assert "Drive disconnecting" not in str(other.value) and "previous version" in str(other.value)
 
@@ -341,8 +375,9 @@ def test_a_spare_that_cannot_be_removed_never_fails_a_save(tmp_path, monkeypatch
 
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
+
     monkeypatch.setattr(shutil, "rmtree", refuse)
-    with ru.atomic_directory(folder, {"step": 2}) as tmp:
+    with checkpoints.atomic_directory(folder, {"step": 2}) as tmp:
         (tmp / "weights.bin").write_bytes(b"new")
         spare = folder.with_name("ckpt.old")  # another runtime leaves a spare meanwhile
         spare.mkdir()

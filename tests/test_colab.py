@@ -17,6 +17,7 @@ What Colab does, and how this test does it:
 Not simulated: Drive's own behaviour (upload delays, quotas, revisions, how its FUSE mount renames folders), Colab's
 Python (3.13 there), its CUDA, and its own kernel and UI (the Drive consent dialog, the "restart session" prompt).
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,19 +31,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 import rlhf_utils as ru
+from rlhf_support import checkpoints, colab
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN = ROOT / "tests" / "colab_standin"
 NOTEBOOKS = ["1-SFT.ipynb", "2-RM Training.ipynb", "3-RLHF.ipynb"]
 FAKE_TOKEN = "hf_" + "StandInSecretTokenNeverPrinted0123"
-MODEL_FILES = ("*.safetensors", ru.MANIFEST, "training_state.pt")
+MODEL_FILES = ("*.safetensors", checkpoints.MANIFEST, "training_state.pt")
 
 
 @pytest.fixture(autouse=True)
@@ -61,26 +63,35 @@ def code_cells(notebook: str) -> list[str]:
 # ---------------------------------------------------------------------------
 # The install: only what the notebooks import, never Colab's torch, ipykernel or jupyter
 
+
 def requirement_names(path: Path) -> set[str]:
     from packaging.requirements import Requirement
+
     lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
     return {Requirement(line).name.lower().replace("_", "-") for line in lines if line}
 
 
 def imported_distributions() -> dict[str, set[str]]:
     """The distributions whose modules the notebooks import, directly or through the project's modules."""
+
     def python_only(cell: str) -> str:  # IPython's shell (!) and magic (%) lines are not Python
         return "\n".join(line for line in cell.splitlines() if not line.lstrip().startswith(("!", "%")))
+
     sources = {f"{name} cell {i}": python_only(cell) for name in NOTEBOOKS for i, cell in enumerate(code_cells(name))}
-    sources.update({p.name: p.read_text() for p in (ROOT / "rlhf_utils.py", ROOT / "smoke_data.py") if p.exists()})
+    sources.update({p.name: p.read_text() for p in [ROOT / "rlhf_utils.py", *(ROOT / "rlhf_support").glob("*.py")]})
     modules: dict[str, set[str]] = {}
     for where, source in sources.items():
         for node in ast.walk(ast.parse(source)):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                else []
+            )
             for name in names:
                 modules.setdefault(name.split(".")[0], set()).add(where)
-    project = {"rlhf_utils", "smoke_data", "google"}  # google: google.colab, Colab's own
+    project = {"rlhf_utils", "rlhf_support", "google"}  # google: google.colab, Colab's own
     packages = metadata.packages_distributions()
     found: dict[str, set[str]] = {}
     for module, where in modules.items():
@@ -94,7 +105,7 @@ def imported_distributions() -> dict[str, set[str]]:
 def test_the_colab_install_is_exactly_what_the_notebooks_import():
     wanted = requirement_names(ROOT / "requirements.txt")
     imported = imported_distributions()
-    kept = {name.replace("_", "-") for name in ru.COLAB_KEEP}
+    kept = {name.replace("_", "-") for name in colab.COLAB_KEEP}
     missing = set(imported) - wanted - kept
     assert not missing, f"imported but not in requirements.txt: { {m: imported[m] for m in missing} }"
     unused = wanted - set(imported) - kept
@@ -104,10 +115,12 @@ def test_the_colab_install_is_exactly_what_the_notebooks_import():
 
 def test_the_install_plan_skips_what_colab_has_and_never_replaces_its_torch_or_jupyter(tmp_path):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("torch>=2.3,<3\ntransformers>=5.24,<6  # a comment\nnumpy>=1.26,<3\npandas>=2.0,<4\n"
-                            "vaderSentiment>=3.3.2,<4\nipykernel>=6.29,<8\njupyter>=1.0,<2\n")
-    colab = {"torch": "2.1.0", "transformers": "4.57.1", "numpy": "2.0.2", "pandas": "2.2.2", "ipykernel": "5.5.6"}
-    plan = ru.colab_install_plan(requirements, installed=colab.get)
+    requirements.write_text(
+        "torch>=2.3,<3\ntransformers>=5.24,<6  # a comment\nnumpy>=1.26,<3\npandas>=2.0,<4\n"
+        "vaderSentiment>=3.3.2,<4\nipykernel>=6.29,<8\njupyter>=1.0,<2\n"
+    )
+    installed = {"torch": "2.1.0", "transformers": "4.57.1", "numpy": "2.0.2", "pandas": "2.2.2", "ipykernel": "5.5.6"}
+    plan = colab.colab_install_plan(requirements, installed=installed.get)
     assert plan == ["transformers<6,>=5.24", "vaderSentiment<4,>=3.3.2"]  # too old, and missing; nothing else
 
 
@@ -132,8 +145,12 @@ def test_a_clone_that_fails_names_repo_url_and_what_to_check(tmp_path):
     content = tmp_path / "content"
     content.mkdir()
     script = "import google.colab\n" + code_cells("1-SFT.ipynb")[0]
-    env = {**os.environ, "PYTHONPATH": str(STANDIN), "RLHF_REPO_URL": str(tmp_path / "no-such-repository"),
-           "GIT_TERMINAL_PROMPT": "0"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(STANDIN),
+        "RLHF_REPO_URL": str(tmp_path / "no-such-repository"),
+        "GIT_TERMINAL_PROMPT": "0",
+    }
     done = subprocess.run([sys.executable, "-c", script], cwd=content, env=env, capture_output=True, text=True)
     assert done.returncode != 0
     assert f"Could not clone REPO_URL = {tmp_path / 'no-such-repository'}" in done.stderr
@@ -151,7 +168,9 @@ WITH_COLAB_VERSIONS = os.environ.get("TEST_COLAB_VERSIONS", "") == "1"  # .ci/ru
 
 def pinned_versions() -> dict[str, str]:
     lines = [line.split("#", 1)[0].strip() for line in COLAB_VERSIONS.read_text().splitlines()]
-    return {name.lower().replace("_", "-"): version for name, _, version in (l.partition("==") for l in lines if l)}
+    return {
+        name.lower().replace("_", "-"): version for name, _, version in (line.partition("==") for line in lines if line)
+    }
 
 
 def colab_environment() -> Path:
@@ -164,8 +183,19 @@ def colab_environment() -> Path:
     building = cache / f"colab-env-{digest}.building-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-    done = subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
-                           "-r", str(COLAB_VERSIONS)], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            str(building / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "-r",
+            str(COLAB_VERSIONS),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, f"building Colab's environment failed:\n{(done.stdout + done.stderr)[-3000:]}"
     (building / "ready").write_text(COLAB_VERSIONS.read_text())
     shutil.rmtree(env, ignore_errors=True)
@@ -182,37 +212,61 @@ def fresh_colab_python(runtime: Path) -> Path:
     return copy / "bin" / "python"
 
 
-@pytest.mark.skipif(not WITH_COLAB_VERSIONS, reason="TEST_COLAB_VERSIONS=1 builds Colab's environment (.ci/run sets it)")
+@pytest.mark.skipif(
+    not WITH_COLAB_VERSIONS, reason="TEST_COLAB_VERSIONS=1 builds Colab's environment (.ci/run sets it)"
+)
 def test_the_colab_environment_has_colab_versions(tmp_path):
     python = fresh_colab_python(tmp_path / "runtime")
-    frozen = subprocess.run([str(python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
-                            capture_output=True, text=True, check=True)
+    frozen = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     have = {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(frozen.stdout)}
-    wrong = {name: (version, have.get(name)) for name, version in pinned_versions().items()
-             if have.get(name, "").split("+")[0] != version}
+    wrong = {
+        name: (version, have.get(name))
+        for name, version in pinned_versions().items()
+        if have.get(name, "").split("+")[0] != version
+    }
     assert not wrong, wrong
     # the requirements' lower bounds accept every version Colab has: the setup cell installs only what Colab lacks
     from packaging.requirements import Requirement
-    plan = ru.colab_install_plan(ROOT / "requirements.txt", installed=lambda name: have.get(name.lower().replace("_", "-")))
+
+    plan = colab.colab_install_plan(
+        ROOT / "requirements.txt", installed=lambda name: have.get(name.lower().replace("_", "-"))
+    )
     assert [Requirement(r).name for r in plan] == ["vaderSentiment"], plan
 
 
 # ---------------------------------------------------------------------------
 # The three notebooks in three runtimes, sharing only Google Drive; a runtime recycled in the middle of PPO
 
+
 def local_repository(tmp_path: Path) -> Path:
     """A git repository of the working tree as it is (committed or not), standing in for GitHub."""
     origin = tmp_path / "github" / "rlhf-in-notebooks"
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, capture_output=True)
-    files = ([f for f in listed.stdout.decode().split("\0") if f] if listed.returncode == 0 else
-             [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts
-              and "outputs" not in p.parts and "__pycache__" not in p.parts])
+    files = (
+        [f for f in listed.stdout.decode().split("\0") if f]
+        if listed.returncode == 0
+        else [
+            str(p.relative_to(ROOT))
+            for p in ROOT.rglob("*")
+            if p.is_file() and ".git" not in p.parts and "outputs" not in p.parts and "__pycache__" not in p.parts
+        ]
+    )
     for name in files:
         if (ROOT / name).is_file():
             (origin / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, origin / name)
-    git = {**os.environ, "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    git = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "snapshot"]):
         subprocess.run(["git", *command], cwd=origin, check=True, env=git)
     return origin
@@ -223,14 +277,32 @@ def colab_kernelspec(runtime: Path, python: Path) -> None:
     google.colab importable, on the runtime's own Python."""
     folder = runtime / "jupyter" / "kernels" / "colab-standin"
     folder.mkdir(parents=True)
-    (folder / "kernel.json").write_text(json.dumps({
-        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}",
-                 "--IPKernelApp.kernel_class=google.colab._kernel.Kernel"],
-        "display_name": "Colab stand-in", "language": "python", "env": {"PYTHONPATH": str(STANDIN)}}))
+    (folder / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [
+                    str(python),
+                    "-m",
+                    "ipykernel_launcher",
+                    "-f",
+                    "{connection_file}",
+                    "--IPKernelApp.kernel_class=google.colab._kernel.Kernel",
+                ],
+                "display_name": "Colab stand-in",
+                "language": "python",
+                "env": {"PYTHONPATH": str(STANDIN)},
+            }
+        )
+    )
 
 
-def run_in_a_fresh_runtime(notebook: str, runtime: Path, drive: Path, monkeypatch: pytest.MonkeyPatch,
-                           kill_when: Callable[[], bool] | None = None) -> str:
+def run_in_a_fresh_runtime(
+    notebook: str,
+    runtime: Path,
+    drive: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kill_when: Callable[[], bool] | None = None,
+) -> str:
     """Open the notebook alone in an empty /content, with Drive `drive`, run every cell in a new kernel (on Colab's
     packages when WITH_COLAB_VERSIONS); returns all it printed. `kill_when()` true: the runtime dies there."""
     nbformat = pytest.importorskip("nbformat")
@@ -244,8 +316,9 @@ def run_in_a_fresh_runtime(notebook: str, runtime: Path, drive: Path, monkeypatc
     monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(content / "drive"))  # Colab mounts Drive at /content/drive
     monkeypatch.setenv("STANDIN_DRIVE", str(drive))
     nb = nbformat.read(content / notebook, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=900, kernel_name="colab-standin",
-                                     resources={"metadata": {"path": str(content)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=900, kernel_name="colab-standin", resources={"metadata": {"path": str(content)}}
+    )
     if kill_when is None:
         client.execute()
     else:
@@ -261,8 +334,11 @@ def run_in_a_fresh_runtime(notebook: str, runtime: Path, drive: Path, monkeypatc
     printed = []
     for cell in nb.cells:
         for output in cell.get("outputs", []):
-            printed.append(output.get("text", "") + "".join(str(v) for v in output.get("data", {}).values())
-                           + output.get("evalue", ""))
+            printed.append(
+                output.get("text", "")
+                + "".join(str(v) for v in output.get("data", {}).values())
+                + output.get("evalue", "")
+            )
     return "\n".join(printed)
 
 
@@ -287,7 +363,7 @@ def files_outside_drive(runtime: Path) -> list[str]:
 def checkpoint_iteration(folder: Path) -> int:
     """Iterations done in the PPO checkpoint at `folder`, 0 while there is none."""
     try:
-        return json.loads((folder / ru.MANIFEST).read_text())["meta"]["iteration"]
+        return json.loads((folder / checkpoints.MANIFEST).read_text())["meta"]["iteration"]
     except (OSError, ValueError, KeyError):
         return 0
 
@@ -301,8 +377,13 @@ def final_figures(outputs: Path) -> tuple[dict, list]:
 
 @pytest.mark.usefixtures("no_rlhf_settings")
 def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle_mid_ppo(tmp_path, monkeypatch):
-    for name, value in {"RLHF_REPO_URL": str(local_repository(tmp_path)), "RLHF_SMOKE": "1", "HF_HUB_OFFLINE": "1",
-                        "MPLBACKEND": "Agg", "STANDIN_SECRET_HF_TOKEN": FAKE_TOKEN}.items():
+    for name, value in {
+        "RLHF_REPO_URL": str(local_repository(tmp_path)),
+        "RLHF_SMOKE": "1",
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+        "STANDIN_SECRET_HF_TOKEN": FAKE_TOKEN,
+    }.items():
         monkeypatch.setenv(name, value)
     if not WITH_COLAB_VERSIONS:  # this machine's packages: nothing to install (the registry may be out of reach)
         monkeypatch.setenv("RLHF_SKIP_INSTALL", "1")
@@ -317,8 +398,13 @@ def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle_m
     # Notebook 3 straight through, then on the copy: recycled once the checkpoint holds 10 of 30 iterations
     printed["3-RLHF.ipynb"] = run_in_a_fresh_runtime("3-RLHF.ipynb", tmp_path / "runtime-3", drive, monkeypatch)
     second_outputs = second_drive / "MyDrive" / "rlhf-in-notebooks" / "outputs" / "smoke"
-    killed = run_in_a_fresh_runtime("3-RLHF.ipynb", tmp_path / "runtime-4", second_drive, monkeypatch,
-                                    kill_when=lambda: checkpoint_iteration(second_outputs / "ppo_checkpoint") >= 10)
+    killed = run_in_a_fresh_runtime(
+        "3-RLHF.ipynb",
+        tmp_path / "runtime-4",
+        second_drive,
+        monkeypatch,
+        kill_when=lambda: checkpoint_iteration(second_outputs / "ppo_checkpoint") >= 10,
+    )
     done = checkpoint_iteration(second_outputs / "ppo_checkpoint")
     assert 10 <= done < 30 and "saved the PPO policy" not in killed
     shutil.rmtree(tmp_path / "runtime-4")  # Colab recycles that runtime: its disk is gone
@@ -335,7 +421,9 @@ def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle_m
         else:
             assert "RLHF_SKIP_INSTALL is set" in said
     for i in (1, 2, 3, 5):
-        assert files_outside_drive(tmp_path / f"runtime-{i}") == [], f"runtime {i} wrote models outside the Drive folder"
+        assert files_outside_drive(tmp_path / f"runtime-{i}") == [], (
+            f"runtime {i} wrote models outside the Drive folder"
+        )
     for folder in ("sft_model", "reward_model", "ppo_checkpoint", "ppo_policy"):
         ru.verify_checkpoint(outputs / folder)  # complete, on Drive
     assert "training starts from the SFT model" in printed["3-RLHF.ipynb"] and "training starts" not in again
@@ -386,6 +474,7 @@ def test_the_last_cell_waits_for_drive_then_says_the_runtime_can_be_closed(tmp_p
     monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
     assert ru.finish_drive_uploads() is False  # not in Colab (google.colab not imported): nothing to wait for
     import google.colab  # noqa: F401  (what Colab's kernel imports at start)
+
     (tmp_path / "content" / "clone").mkdir(parents=True)
     ru.keep_outputs_on_drive(True, tmp_path / "content" / "clone" / "outputs")
     assert ru.finish_drive_uploads() is True
@@ -399,11 +488,12 @@ def test_the_last_cell_waits_for_drive_then_says_the_runtime_can_be_closed(tmp_p
 # ---------------------------------------------------------------------------
 # The install tells the truth: constraints, pip's output, imported packages that changed
 
+
 def test_the_install_holds_what_colab_preloaded_and_what_is_imported():
-    held = ru.colab_constraints()
+    held = colab.colab_constraints()
     for name in ("torch", "numpy", "tqdm", "ipykernel", "pytest"):  # companions, numpy, and anything imported
         assert held[name] == metadata.version(name), name
-    assert "vaderSentiment" not in held or "vaderSentiment" in {d for d in ru.imported_distributions()}
+    assert "vaderSentiment" not in held or "vaderSentiment" in {d for d in colab.imported_distributions()}
 
 
 def test_a_failed_install_shows_the_tail_of_pips_output_and_keeps_all_of_it(tmp_path, monkeypatch):
@@ -422,16 +512,20 @@ def test_an_imported_package_that_the_install_changed_stops_with_restart_the_ses
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("rlhf-no-such-package-anywhere>=1\n")
     monkeypatch.delenv("RLHF_SKIP_INSTALL", raising=False)
-    real_version = ru._installed_version
+    real_version = colab._installed_version
     installed = {"done": False}
 
     def fake_pip(command, **kwargs):  # pip "installs", and in doing so upgrades tqdm, which is already imported
         installed["done"] = True
         assert "-c" in command and Path(command[command.index("-c") + 1]).read_text().count("tqdm==") == 1
-        return subprocess.CompletedProcess(command, 0, "Successfully installed rlhf-no-such-package-anywhere-1.0 tqdm-99.0\n", "")
+        return subprocess.CompletedProcess(
+            command, 0, "Successfully installed rlhf-no-such-package-anywhere-1.0 tqdm-99.0\n", ""
+        )
+
     monkeypatch.setattr(subprocess, "run", fake_pip)
-    monkeypatch.setattr(ru, "_installed_version", lambda name: "99.0" if name == "tqdm" and installed["done"]
-                        else real_version(name))
+    monkeypatch.setattr(
+        colab, "_installed_version", lambda name: "99.0" if name == "tqdm" and installed["done"] else real_version(name)
+    )
     with pytest.raises(ru.RLHFError, match=r"tqdm [\d.]+ -> 99.0") as stopped:
         ru.colab_install(requirements, log=tmp_path / "pip.log")
     assert "Runtime > Restart session" in str(stopped.value)

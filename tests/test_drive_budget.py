@@ -13,6 +13,7 @@ measured yet); each further 10 minutes adds one checkpoint (`ru.ppo_write_plan` 
 Not shown by the stand-in: the tokenizer files of GPT-2 (the smoke tokenizer stands in; GPT-2's add about 3.5 MB per
 saved folder), and how Drive keeps earlier revisions of a file that is overwritten in place.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,6 +61,7 @@ class StandInDrive:
                 if self._inside(dst) and Path(dst).is_file():
                     self._to_trash(Path(dst))  # the file that was there is deleted by the rename
                 return real(src, dst, *args, **kwargs)
+
             return rename
 
         monkeypatch.setattr(os, "unlink", unlink)
@@ -99,6 +101,7 @@ def replay_the_series(drive: StandInDrive, tokenizer, ppo_minutes: float) -> lis
     """Every save of notebooks 1, 2 and 3 in the full profile, PPO lasting `ppo_minutes`; returns the minutes at
     which PPO checkpoints were written."""
     from transformers import GPT2Config, GPT2LMHeadModel
+
     out = drive.root / "rlhf-in-notebooks" / "outputs"
     cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(out)})
     assert cfg.profile == "full" and cfg.num_iterations == 100
@@ -124,8 +127,9 @@ def replay_the_series(drive: StandInDrive, tokenizer, ppo_minutes: float) -> lis
     for iteration in range(1, cfg.num_iterations + 1):  # the notebook's loop, as far as saving goes
         clock += seconds_per_iteration
         if ru.checkpoint_due(iteration, cfg, clock - saved_at):
-            ru.save_ppo_checkpoint(cfg.checkpoint_dir, policy, optimizer, scaler, kl_controller, iteration, history,
-                                   generator, signature)
+            ru.save_ppo_checkpoint(
+                cfg.checkpoint_dir, policy, optimizer, scaler, kl_controller, iteration, history, generator, signature
+            )
             saved_at = clock
             saved.append(clock / 60)
             drive.record("3-RLHF")

@@ -4,6 +4,7 @@ Speed work must not change the math: each fast piece (inverse-CDF sampling, the 
 one shared-trunk pass with logits only where PPO reads them, the fused GELU, the fused AdamW) is
 checked here against a plain version written without it, in fp32.
 """
+
 import copy
 import json
 import math
@@ -28,6 +29,7 @@ def with_eos_bias(lm: nn.Module, bias: float, eos_token_id: int) -> nn.Module:
 
 # ---------------------------------------------------------------------------
 # Sampling
+
 
 def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
     """Pearson's statistic of observed counts against the expected n * p, over the tokens with p > 0."""
@@ -64,8 +66,15 @@ def test_sample_next_token_is_reproducible_and_per_row():
     assert ru.sample_next_token(sure, generator=torch.Generator().manual_seed(0)).tolist() == [0, 7, 48, 49]
 
 
-def plain_generate(lm: nn.Module, prompts: list[list[int]], max_new_tokens: int, eos: int, pad: int,
-                   temperature: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_generate(
+    lm: nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos: int,
+    pad: int,
+    temperature: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sampling without the KV cache or padding: every step runs each row alone, from its first token."""
     rows = [list(p) for p in prompts]
     finished = [False] * len(rows)
@@ -92,10 +101,12 @@ def test_kv_cache_generation_samples_what_plain_generation_samples(tiny_lm, toke
     eos = pad = tokenizer.eos_token_id
     lm = with_eos_bias(tiny_lm, math.log(60.0), eos)  # some rows end early
     prompt_ids, prompt_mask = ru.pad_batch(PROMPTS * 2, pad, side="left")
-    responses, response_mask = ru.generate(lm, prompt_ids, prompt_mask, 10, eos, pad, temperature=temperature,
-                                           generator=torch.Generator().manual_seed(5))
-    plain_responses, plain_mask = plain_generate(lm, PROMPTS * 2, 10, eos, pad, temperature,
-                                                 torch.Generator().manual_seed(5))
+    responses, response_mask = ru.generate(
+        lm, prompt_ids, prompt_mask, 10, eos, pad, temperature=temperature, generator=torch.Generator().manual_seed(5)
+    )
+    plain_responses, plain_mask = plain_generate(
+        lm, PROMPTS * 2, 10, eos, pad, temperature, torch.Generator().manual_seed(5)
+    )
     width = responses.shape[1]  # generate may stop early once every row has finished
     assert torch.equal(responses, plain_responses[:, :width]) and torch.equal(response_mask, plain_mask[:, :width])
     assert not plain_mask[:, width:].any()
@@ -106,20 +117,23 @@ def test_kv_cache_generation_samples_what_plain_generation_samples(tiny_lm, toke
 # ---------------------------------------------------------------------------
 # Log-prob passes: one shared-trunk pass with logits only at the response vs the plain passes
 
+
 def rollout(policy: ru.PolicyWithValueHead, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Left-padded prompts + sampled responses (some ended early): (input_ids, attention_mask, response_start)."""
     eos = policy.lm.config.eos_token_id
     prompt_ids, prompt_mask = ru.pad_batch(PROMPTS, eos, side="left")
-    responses, response_mask = ru.generate(policy.lm, prompt_ids, prompt_mask, 8, eos, eos,
-                                           generator=torch.Generator().manual_seed(seed))
+    responses, response_mask = ru.generate(
+        policy.lm, prompt_ids, prompt_mask, 8, eos, eos, generator=torch.Generator().manual_seed(seed)
+    )
     return (torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, response_mask], 1), prompt_ids.shape[1])
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.8])
 def test_policy_forward_matches_the_benchmarks_plain_passes(temperature):
     """ru.policy_forward / ru.response_logprobs vs two trunk passes, full logits and a full log_softmax."""
-    shapes = ppo_bench.Shapes(batch_size=6, prompt_min=1, prompt_max=6, response_length=8, ppo_epochs=1,
-                              minibatch_size=6)
+    shapes = ppo_bench.Shapes(
+        batch_size=6, prompt_min=1, prompt_max=6, response_length=8, ppo_epochs=1, minibatch_size=6
+    )
     bench = ppo_bench.PPOBench("tiny", shapes, torch.device("cpu"), ru.resolve_precision(torch.device("cpu")), "fast")
     bench.cfg.temperature = temperature
     nn.init.normal_(bench.policy.value_head.linear.weight, std=0.5)  # values that are not all 0
@@ -130,8 +144,12 @@ def test_policy_forward_matches_the_benchmarks_plain_passes(temperature):
         plain_logprobs, plain_values, plain_entropy = bench.policy_forward_plain(input_ids, attention_mask, start)
         ref_logprobs = ru.response_logprobs(bench.ref_policy, input_ids, attention_mask, start, temperature)
         plain_ref = bench.ref_logprobs_plain(input_ids, attention_mask, start)
-    for fast, plain in [(logprobs, plain_logprobs), (values, plain_values), (entropy, plain_entropy),
-                        (ref_logprobs, plain_ref)]:
+    for fast, plain in [
+        (logprobs, plain_logprobs),
+        (values, plain_values),
+        (entropy, plain_entropy),
+        (ref_logprobs, plain_ref),
+    ]:
         assert fast.shape == plain.shape == (6, input_ids.shape[1] - start)
         torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
     assert values.abs().max() > 0.1  # the value comparison was not 0 == 0
@@ -153,7 +171,7 @@ def test_policy_logits_to_keep_selects_positions(tiny_lm):
         all_logits, values = policy(input_ids, attention_mask)
         kept, kept_values = policy(input_ids, attention_mask, logits_to_keep=positions)
         last3, _ = policy(input_ids, attention_mask, logits_to_keep=3)
-    torch.testing.assert_close(kept, all_logits[:, start - 1:-1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(kept, all_logits[:, start - 1 : -1], atol=1e-6, rtol=0)
     torch.testing.assert_close(last3, all_logits[:, -3:], atol=1e-6, rtol=0)
     assert torch.equal(kept_values, values)
 
@@ -185,13 +203,17 @@ def host_syncs(fn) -> list[str]:
     parameters, so on a CPU it reads CPU tensors, and on a GPU its kernel reads them on the GPU.
     """
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = prof.events()
     steps = [(e.time_range.start, e.time_range.end) for e in events if e.name.startswith("Optimizer.step")]
-    return [e.name for e in events
-            if e.name in ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero")
-            and not any(start <= e.time_range.start <= end for start, end in steps)]
+    return [
+        e.name
+        for e in events
+        if e.name in ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::nonzero")
+        and not any(start <= e.time_range.start <= end for start, end in steps)
+    ]
 
 
 def test_inner_loops_never_wait_for_the_device(tiny_lm):
@@ -200,8 +222,14 @@ def test_inner_loops_never_wait_for_the_device(tiny_lm):
     eos = tiny_lm.config.eos_token_id
     prompt_ids, prompt_mask = ru.pad_batch(PROMPTS, eos, side="left")
     generator = torch.Generator().manual_seed(0)
-    assert host_syncs(lambda: ru.generate(tiny_lm, prompt_ids, prompt_mask, 6, eos, eos, generator=generator,
-                                          stop_check_every=100)) == []
+    assert (
+        host_syncs(
+            lambda: ru.generate(
+                tiny_lm, prompt_ids, prompt_mask, 6, eos, eos, generator=generator, stop_check_every=100
+            )
+        )
+        == []
+    )
     input_ids, attention_mask, start = rollout(policy)
     mask = attention_mask[:, start:]
     with torch.no_grad():
@@ -224,8 +252,10 @@ def test_inner_loops_never_wait_for_the_device(tiny_lm):
 # ---------------------------------------------------------------------------
 # Fused GELU and fused AdamW
 
+
 def test_fused_gelu_gives_the_same_model(tiny_lm):
     from transformers.activations import NewGELUActivation
+
     assert not any(isinstance(m, NewGELUActivation) for m in tiny_lm.modules())  # the loader fused it
     plain = copy.deepcopy(tiny_lm)
     for block in plain.transformer.h:
@@ -248,9 +278,13 @@ def test_make_optimizer_is_plain_adamw_with_decay_on_matrices():
         assert fast.defaults["fused"] is True  # the fused kernel runs on CPU too
     matrices = [p for p in twin.parameters() if p.ndim >= 2]
     others = [p for p in twin.parameters() if p.ndim < 2]
-    plain = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
-                              lr=1e-2, eps=1e-8, foreach=False)
-    for step in range(6):
+    plain = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
+        lr=1e-2,
+        eps=1e-8,
+        foreach=False,
+    )
+    for _ in range(6):
         x = torch.randn(32, 8)
         for m, opt in ((model, fast), (twin, plain)):
             m(x).pow(2).mean().backward()
@@ -258,18 +292,44 @@ def test_make_optimizer_is_plain_adamw_with_decay_on_matrices():
             opt.zero_grad()
     for p, q in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
-    assert any((p - q).abs().max() > 0 for p, q in zip(model.parameters(), nn.Sequential(
-        nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4)).parameters()))
+    assert any(
+        (p - q).abs().max() > 0
+        for p, q in zip(
+            model.parameters(),
+            nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4)).parameters(),
+        )
+    )
 
 
 # ---------------------------------------------------------------------------
 # The benchmark itself
 
+
 def test_benchmark_runs_both_modes_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    report = ppo_bench.main(["--size", "tiny", "--device", "cpu", "--batch-size", "8", "--minibatch-size", "4",
-                             "--response-length", "4", "--ppo-epochs", "1", "--iterations", "1", "--warmup", "0",
-                             "--compare", "--json", str(out)])
+    report = ppo_bench.main(
+        [
+            "--size",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "8",
+            "--minibatch-size",
+            "4",
+            "--response-length",
+            "4",
+            "--ppo-epochs",
+            "1",
+            "--iterations",
+            "1",
+            "--warmup",
+            "0",
+            "--compare",
+            "--json",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["speedup_fast_over_plain"] == pytest.approx(report["speedup_fast_over_plain"])
     for mode in ("plain", "fast"):
@@ -279,7 +339,9 @@ def test_benchmark_runs_both_modes_and_writes_json(tmp_path):
         assert seconds["total"] == pytest.approx(seconds["generation"] + seconds["scoring"] + seconds["optimisation"])
         assert result["episodes_per_second"] == pytest.approx(8 / seconds["total"])
         assert result["mfu_optimisation"] is None  # CPU
-        assert "resident set" in result["peak_memory_kind"] and result["peak_memory_gib"] > 0.05  # torch alone takes more
+        assert (
+            "resident set" in result["peak_memory_kind"] and result["peak_memory_gib"] > 0.05
+        )  # torch alone takes more
         assert set(result["phase_peak_above_start_gib"]) == {"generation", "scoring", "optimisation"}
         assert math.isfinite(result["last_stats"]["loss"])
 
@@ -299,8 +361,14 @@ def test_the_benchmarks_cpu_memory_peak_sees_a_temporary_tensor():
 
 def test_peak_flops_by_device_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: names.pop(0))
-    names = ["NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-40GB", "Tesla T4",
-             "NVIDIA GeForce RTX 3090"]
+    names = [
+        "NVIDIA H200",
+        "NVIDIA H100 80GB HBM3",
+        "NVIDIA H100 PCIe",
+        "NVIDIA A100-SXM4-40GB",
+        "Tesla T4",
+        "NVIDIA GeForce RTX 3090",
+    ]
     cuda = torch.device("cuda")
     assert ppo_bench.peak_flops(cuda) == (989e12, "bf16")
     assert ppo_bench.peak_flops(cuda) == (989e12, "bf16")

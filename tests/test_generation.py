@@ -1,4 +1,5 @@
 """Left padding, position ids, the KV-cache sampling loop and its masks, on the tiny smoke GPT-2."""
+
 import math
 
 import pytest
@@ -41,6 +42,7 @@ def token_logprobs(lm, ids, mask, use_positions=True):
 # ---------------------------------------------------------------------------
 # Left padding and position ids
 
+
 def test_positions_from_mask_and_last_real_index():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0]])
     assert ru.positions_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2], [0, 0, 1, 2, 2]]
@@ -80,8 +82,9 @@ def test_policy_and_reward_model_ignore_padding_side(tiny_lm, tokenizer, smoke_d
     torch.manual_seed(0)
     reward_model = ru.build_reward_model(str(smoke_dirs["base"])).eval()
     with torch.no_grad():
-        torch.testing.assert_close(reward_model.score(left_ids, left_mask),
-                                   reward_model.score(right_ids, right_mask), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            reward_model.score(left_ids, left_mask), reward_model.score(right_ids, right_mask), atol=1e-5, rtol=0
+        )
         policy = ru.PolicyWithValueHead(tiny_lm).eval()
         nn.init.normal_(policy.value_head.linear.weight)  # non-zero values to compare
         logits, values = policy(left_ids, left_mask)
@@ -95,11 +98,13 @@ def test_policy_and_reward_model_ignore_padding_side(tiny_lm, tokenizer, smoke_d
 # ---------------------------------------------------------------------------
 # The sampling loop
 
+
 def sample(lm, tokenizer, max_new_tokens=12, seed=0, **kwargs):
     _, ids, mask = left_padded(tokenizer, SENTENCES * 4)
     generator = torch.Generator().manual_seed(seed)
-    responses, response_mask = ru.generate(lm, ids, mask, max_new_tokens, tokenizer.eos_token_id,
-                                           tokenizer.pad_token_id, generator=generator, **kwargs)
+    responses, response_mask = ru.generate(
+        lm, ids, mask, max_new_tokens, tokenizer.eos_token_id, tokenizer.pad_token_id, generator=generator, **kwargs
+    )
     return ids, mask, responses, response_mask
 
 
@@ -134,18 +139,21 @@ def test_sampled_logprobs_match_a_full_forward_pass(tiny_lm, tokenizer, monkeypa
         return original(logits, *args, **kwargs)
 
     monkeypatch.setattr(ru, "sample_next_token", recording)
-    ids, mask, responses, response_mask = sample(lm, tokenizer, max_new_tokens=10, temperature=temperature,
-                                                 top_k=top_k)
+    ids, mask, responses, response_mask = sample(lm, tokenizer, max_new_tokens=10, temperature=temperature, top_k=top_k)
     assert len(sampled_from) == responses.shape[1]
-    cached_lp = torch.stack([ru.logprobs_from_logits((logits / temperature)[:, None], responses[:, t:t + 1])[:, 0]
-                             for t, logits in enumerate(sampled_from)], dim=1)  # (B, R)
+    cached_lp = torch.stack(
+        [
+            ru.logprobs_from_logits((logits / temperature)[:, None], responses[:, t : t + 1])[:, 0]
+            for t, logits in enumerate(sampled_from)
+        ],
+        dim=1,
+    )  # (B, R)
     full_ids = torch.cat([ids, responses], dim=1)
     full_mask = torch.cat([mask, response_mask], dim=1)
     with torch.no_grad():
-        logits = lm(input_ids=full_ids, attention_mask=full_mask,
-                    position_ids=ru.positions_from_mask(full_mask)).logits
+        logits = lm(input_ids=full_ids, attention_mask=full_mask, position_ids=ru.positions_from_mask(full_mask)).logits
     P = ids.shape[1]
-    forward_lp = ru.logprobs_from_logits(logits[:, P - 1:-1] / temperature, responses)  # (B, R)
+    forward_lp = ru.logprobs_from_logits(logits[:, P - 1 : -1] / temperature, responses)  # (B, R)
     real = response_mask.bool()
     assert real.sum() > 20
     torch.testing.assert_close(forward_lp[real], cached_lp[real], atol=1e-5, rtol=0)
@@ -159,7 +167,7 @@ def test_sampled_logprobs_match_a_full_forward_pass(tiny_lm, tokenizer, monkeypa
     if top_k:  # every sampled token was among the top_k of its step
         for t, step_logits in enumerate(sampled_from):
             kth = torch.topk(step_logits, top_k, dim=-1).values[:, -1]
-            chosen = step_logits.gather(1, responses[:, t:t + 1])[:, 0]
+            chosen = step_logits.gather(1, responses[:, t : t + 1])[:, 0]
             assert bool((chosen >= kth)[real[:, t]].all())
 
 
@@ -187,10 +195,12 @@ def test_ends_with_eos_and_decode_responses(tokenizer):
     good = tokenizer("a gem", add_special_tokens=False)["input_ids"]
     dull = tokenizer("dull", add_special_tokens=False)["input_ids"]
     width = len(good) + 3
-    rows = [good + [eos] + [eos] * (width - len(good) - 1),  # finished, then padding
-            (dull * width)[:width],                          # ran out of tokens
-            [eos] + [eos] * (width - 1),                     # stopped at once
-            [0] * width]                                     # empty mask
+    rows = [
+        good + [eos] + [eos] * (width - len(good) - 1),  # finished, then padding
+        (dull * width)[:width],  # ran out of tokens
+        [eos] + [eos] * (width - 1),  # stopped at once
+        [0] * width,
+    ]  # empty mask
     masks = [[1] * (len(good) + 1) + [0] * (width - len(good) - 1), [1] * width, [1] + [0] * (width - 1), [0] * width]
     responses, response_mask = torch.tensor(rows), torch.tensor(masks)
     assert ru.ends_with_eos(responses, response_mask, eos).tolist() == [True, False, True, False]

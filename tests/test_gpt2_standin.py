@@ -3,6 +3,7 @@
 GPT-2's own files cannot be part of the repository, so the test writes files of the same shape: the 256 byte-level
 symbols, 50,000 merges of two symbols, and <|endoftext|> as token 50256.
 """
+
 from __future__ import annotations
 
 import json

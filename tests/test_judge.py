@@ -1,8 +1,8 @@
 """The independent judge (VADER) and the over-optimisation curve of notebook 3."""
+
 import socket
 
 import pytest
-import torch
 
 import rlhf_utils as ru
 
@@ -10,6 +10,7 @@ import rlhf_utils as ru
 def test_the_judge_works_offline(monkeypatch):
     def no_network(*args, **kwargs):
         raise OSError("no network in this test")
+
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket.socket, "connect", no_network)
     judge = ru.SentimentJudge()  # the lexicon ships inside the package
@@ -26,12 +27,14 @@ def test_the_judge_likes_strings_of_positive_words_a_blind_spot_notebook_3_names
 
 def test_a_missing_judge_package_says_how_to_install_it(monkeypatch):
     import builtins
+
     real_import = builtins.__import__
 
     def without_vader(name, *args, **kwargs):
         if name.startswith("vaderSentiment"):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
+
     monkeypatch.setattr(builtins, "__import__", without_vader)
     with pytest.raises(ru.RLHFError, match="pip install vaderSentiment"):
         ru.SentimentJudge()

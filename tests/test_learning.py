@@ -3,6 +3,7 @@
 Both run on the tiny smoke GPT-2 (randomly initialised, 2 layers, 64 wide), so they check the
 pieces work together, not GPT-2 results.
 """
+
 import math
 import random
 
@@ -46,8 +47,8 @@ def train_reward_model(smoke_dirs, tokenizer, rows, seed, loss_name):
             mb_pairs = rng.sample(pairs, RM_BATCH // 2)
             sentences = [rows[c]["sentence"] for c, _ in mb_pairs] + [rows[r]["sentence"] for _, r in mb_pairs]
             scores = model.score(*batch_of(tokenizer, sentences))
-            loss = ru.pairwise_reward_loss(scores[:RM_BATCH // 2], scores[RM_BATCH // 2:])
-        ru.check_finite("reward model", 0, loss=loss.item())
+            loss = ru.pairwise_reward_loss(scores[: RM_BATCH // 2], scores[RM_BATCH // 2 :])
+        ru.stop_if_diverged("reward model", 0, loss=loss.item())
         ru.optimizer_step(loss, optimizer, scaler, model.parameters(), max_grad_norm=1.0)
     return model.eval()
 
@@ -108,7 +109,7 @@ def kl_budget(p0: float, beta: float, length: float) -> float:
 
 def response_logits(lm_logits: torch.Tensor, prompt_length: int) -> torch.Tensor:
     """The logits that predict the response tokens: positions P-1 ... P+R-2, (B, R, V)."""
-    return lm_logits[:, prompt_length - 1:-1]
+    return lm_logits[:, prompt_length - 1 : -1]
 
 
 def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke_rows):
@@ -133,14 +134,21 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
         P = prompt_ids.shape[1]
         policy.eval()
         with torch.no_grad():
-            responses, response_mask = ru.generate(policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, eos, pad,
-                                                   generator=generator)
+            responses, response_mask = ru.generate(
+                policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, eos, pad, generator=generator
+            )
             input_ids = torch.cat([prompt_ids, responses], 1)
             attention_mask = torch.cat([prompt_mask, response_mask], 1)
             logits, values = policy(input_ids, attention_mask)
-            logits, values = response_logits(logits, P), values[:, P - 1:-1]  # V(s_t) where token t is predicted
-            ref_logits = response_logits(ref_policy(input_ids=input_ids, attention_mask=attention_mask,
-                                                    position_ids=ru.positions_from_mask(attention_mask)).logits, P)
+            logits, values = response_logits(logits, P), values[:, P - 1 : -1]  # V(s_t) where token t is predicted
+            ref_logits = response_logits(
+                ref_policy(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    position_ids=ru.positions_from_mask(attention_mask),
+                ).logits,
+                P,
+            )
             logprobs = ru.logprobs_from_logits(logits, responses)
             ref_logprobs = ru.logprobs_from_logits(ref_logits, responses)
             scores = ru.masked_mean(in_set[responses].float(), response_mask, dim=1)  # (B,)
@@ -159,9 +167,11 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
                 mb_logits, mb_values = policy(input_ids[mb], attention_mask[mb])
                 mb_logprobs = ru.logprobs_from_logits(response_logits(mb_logits, P), responses[mb])
                 policy_loss, _ = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], response_mask[mb], 0.2)
-                value_loss, _ = ru.ppo_value_loss(mb_values[:, P - 1:-1], values[mb], returns[mb], response_mask[mb], 0.2)
+                value_loss, _ = ru.ppo_value_loss(
+                    mb_values[:, P - 1 : -1], values[mb], returns[mb], response_mask[mb], 0.2
+                )
                 loss = policy_loss + 0.1 * value_loss
-                ru.check_finite("PPO", iteration, loss=loss.item())
+                ru.stop_if_diverged("PPO", iteration, loss=loss.item())
                 ru.optimizer_step(loss, optimizer, scaler, policy.parameters(), max_grad_norm=1.0)
         kl_ctl.update(kl.sum(1).mean().item(), PPO_BATCH)
         scores_per_iteration.append(scores.mean().item())
@@ -170,8 +180,10 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
 
     first, last = sum(scores_per_iteration[:5]) / 5, sum(scores_per_iteration[-5:]) / 5
     budget = kl_budget(p0, min(betas), length)
-    summary = (f"score {first:.3f} -> {last:.3f}; peak KL {max(kl_per_iteration):.2f} nats, budget {budget:.2f} "
-               f"(p0 {p0:.3f}, beta_min {min(betas):.4f}, length {length:.1f})")
+    summary = (
+        f"score {first:.3f} -> {last:.3f}; peak KL {max(kl_per_iteration):.2f} nats, budget {budget:.2f} "
+        f"(p0 {p0:.3f}, beta_min {min(betas):.4f}, length {length:.1f})"
+    )
     print(summary)
     assert last > first + 0.08 and last > 2 * first, summary
     assert max(kl_per_iteration) < budget, summary

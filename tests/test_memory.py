@@ -4,6 +4,7 @@ At GPT-2's vocabulary one (B, R, V) tensor of 256 episodes x 24 tokens is 1.2 GB
 entropy make several; computed in chunks of rows, the largest tensor does not grow with the batch. Measured
 here on the CPU by recording the size of every tensor an operation returns (a TorchDispatchMode).
 """
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -29,11 +30,17 @@ class LargestTensor(TorchDispatchMode):
 def batch(tokenizer, size: int, response_length: int = 12) -> tuple[torch.Tensor, torch.Tensor, int]:
     """A left-padded batch of [prompt | response] rows of random tokens, (B, P + R), and P."""
     generator = torch.Generator().manual_seed(size)
-    rows = [torch.randint(1, 1000, (int(n),), generator=generator).tolist()
-            for n in torch.randint(2, 9, (size,), generator=generator)]
+    rows = [
+        torch.randint(1, 1000, (int(n),), generator=generator).tolist()
+        for n in torch.randint(2, 9, (size,), generator=generator)
+    ]
     prompt_ids, prompt_mask = ru.pad_batch(rows, tokenizer.pad_token_id, side="left")
     responses = torch.randint(1, 1000, (size, response_length), generator=generator)
-    return torch.cat([prompt_ids, responses], 1), torch.cat([prompt_mask, torch.ones_like(responses)], 1), prompt_ids.shape[1]
+    return (
+        torch.cat([prompt_ids, responses], 1),
+        torch.cat([prompt_mask, torch.ones_like(responses)], 1),
+        prompt_ids.shape[1],
+    )
 
 
 def largest(fn) -> int:
@@ -48,9 +55,17 @@ def test_the_rollout_passes_largest_temporary_does_not_grow_with_the_batch(tiny_
     for size in (16, 64):
         ids, mask, start = batch(tokenizer, size)
         sizes[size] = {
-            "policy, chunks of 16": largest(lambda: ru.policy_forward(policy, ids, mask, start, 0.9, chunk_size=16)),
-            "reference, chunks of 16": largest(lambda: ru.response_logprobs(tiny_lm, ids, mask, start, 0.9, chunk_size=16)),
-            "policy, whole batch": largest(lambda: ru.policy_forward(policy, ids, mask, start, 0.9)),
+            "policy, chunks of 16": largest(
+                lambda ids=ids, mask=mask, start=start: ru.policy_forward(policy, ids, mask, start, 0.9, chunk_size=16)
+            ),
+            "reference, chunks of 16": largest(
+                lambda ids=ids, mask=mask, start=start: ru.response_logprobs(
+                    tiny_lm, ids, mask, start, 0.9, chunk_size=16
+                )
+            ),
+            "policy, whole batch": largest(
+                lambda ids=ids, mask=mask, start=start: ru.policy_forward(policy, ids, mask, start, 0.9)
+            ),
         }
     assert sizes[64]["policy, chunks of 16"] == sizes[16]["policy, chunks of 16"]
     assert sizes[64]["reference, chunks of 16"] == sizes[16]["reference, chunks of 16"]

@@ -3,6 +3,7 @@
 The references below work on Python floats and nested lists, one token at a time, so they share
 no vectorised code (no gather, scatter, cumsum, masking tricks) with the implementation.
 """
+
 import math
 import random
 
@@ -16,6 +17,7 @@ SEEDS = [0, 1, 2, 3]
 
 # ---------------------------------------------------------------------------
 # Random inputs
+
 
 def ragged_mask(rng: random.Random, batch: int, length: int, holes: bool = False) -> list[list[int]]:
     """A 0/1 mask per row: some leading zeros (prompt side), a response, then zeros (padding).
@@ -69,6 +71,7 @@ def close(actual: torch.Tensor, expected, tol: float = 1e-6) -> None:
 # ---------------------------------------------------------------------------
 # Reference implementations (plain loops over floats)
 
+
 def ref_log_softmax(row: list[float]) -> list[float]:
     m = max(row)
     log_z = m + math.log(sum(math.exp(x - m) for x in row))
@@ -118,6 +121,7 @@ def sigmoid(x: float) -> float:
 # ---------------------------------------------------------------------------
 # Log-probs and entropy
 
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_logprobs_from_logits(seed, scale):
@@ -136,8 +140,10 @@ def test_logprobs_from_low_precision_logits_are_fp32():
     labels = torch.tensor([[1, 2, 3], [4, 5, 10]])
     out = ru.logprobs_from_logits(logits.to(torch.bfloat16), labels)
     assert out.dtype == torch.float32
-    expected = [[ref_log_softmax(row)[y] for row, y in zip(r, l)]
-                for r, l in zip(logits.to(torch.bfloat16).double().tolist(), labels.tolist())]
+    expected = [
+        [ref_log_softmax(row)[y] for row, y in zip(r, ys)]
+        for r, ys in zip(logits.to(torch.bfloat16).double().tolist(), labels.tolist())
+    ]
     close(out, expected, tol=1e-5)
 
 
@@ -153,6 +159,7 @@ def test_entropy_from_logits(seed):
 
 # ---------------------------------------------------------------------------
 # Masked statistics
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_masked_mean_and_var(seed):
@@ -183,8 +190,10 @@ def test_masked_whiten(seed, shift_mean):
     x = randn(rng, 5, 6, scale=3.0)
     mean, var = ref_masked_mean(x, mask), ref_masked_var(x, mask)
     eps = 1e-8
-    expected = [[((v - mean) / math.sqrt(var + eps) + (0.0 if shift_mean else mean)) * m
-                 for v, m in zip(xr, mr)] for xr, mr in zip(x, mask)]
+    expected = [
+        [((v - mean) / math.sqrt(var + eps) + (0.0 if shift_mean else mean)) * m for v, m in zip(xr, mr)]
+        for xr, mr in zip(x, mask)
+    ]
     out = ru.masked_whiten(T(x), T(mask), shift_mean=shift_mean)
     close(out, expected)
     # properties: masked mean 0 (or the original mean kept), masked variance ~1, 0 outside the mask
@@ -196,6 +205,7 @@ def test_masked_whiten(seed, shift_mean):
 
 # ---------------------------------------------------------------------------
 # Rewards and GAE
+
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("kl_coef", [0.0, 0.05, 0.7])
@@ -256,8 +266,13 @@ def test_gae_special_cases(seed):
     adv, ret = ru.compute_gae(T(values), T(rewards), T(mask), gamma=1.0, lam=1.0)
     close(adv, mc)
     # Monte Carlo returns are the reward-to-go, independent of the values
-    close(ret, [[sum(rewards[b][s] for s in range(t, L) if mask[b][s]) if mask[b][t] else 0.0
-                 for t in range(L)] for b in range(B)])
+    close(
+        ret,
+        [
+            [sum(rewards[b][s] for s in range(t, L) if mask[b][s]) if mask[b][t] else 0.0 for t in range(L)]
+            for b in range(B)
+        ],
+    )
 
 
 def test_gae_worked_example():
@@ -269,6 +284,7 @@ def test_gae_worked_example():
 
 # ---------------------------------------------------------------------------
 # PPO losses
+
 
 def ref_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
     losses, clipped_flags, kls, ratios, grads, count = [], [], [], [], [], 0
@@ -322,8 +338,9 @@ def test_policy_gradient_vanishes_where_ratio_clipped_pessimistically():
     advantages = [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]
     should_flow = [False, False, True, True, True, True]
     logprobs = torch.tensor([[math.log(r) for r in ratios]], dtype=torch.float64, requires_grad=True)
-    loss, stats = ru.ppo_policy_loss(logprobs, torch.zeros(1, 6, dtype=torch.float64), T([advantages]),
-                                     torch.ones(1, 6), eps)
+    loss, stats = ru.ppo_policy_loss(
+        logprobs, torch.zeros(1, 6, dtype=torch.float64), T([advantages]), torch.ones(1, 6), eps
+    )
     loss.backward()
     for g, flows, a, r in zip(logprobs.grad[0].tolist(), should_flow, advantages, ratios):
         if flows:
@@ -368,6 +385,7 @@ def test_explained_variance(seed):
 
 # ---------------------------------------------------------------------------
 # KL controllers and reward-model losses
+
 
 def test_adaptive_kl_controller():
     init, target, horizon = 0.1, 6.0, 1000

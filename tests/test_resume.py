@@ -4,6 +4,7 @@ The loop below is a compact copy of the numbered steps of 3-RLHF.ipynb, built fr
 rlhf_utils functions, on a tiny random GPT-2 so it runs in seconds. It also tests the passes the
 loop relies on (log-probs and values under left padding, scores of prompt + response).
 """
+
 from __future__ import annotations
 
 import copy
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 import rlhf_utils as ru
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+from rlhf_support.checkpoints import MANIFEST
+from rlhf_support.device import FP32
+from rlhf_support.errors import TrainingDivergedError
+from rlhf_support.resume import PPO_TRAINING_STATE, can_resume, load_ppo_checkpoint
 
 EOS = PAD = 0
 VOCAB, BATCH, MINIBATCH, RESPONSE_LENGTH, TEMPERATURE = 24, 8, 4, 6, 0.9
@@ -25,8 +30,18 @@ SIGNATURE = {"settings": {"learning_rate": 1e-2, "batch_size": BATCH}, "sft_mode
 
 def tiny_config(n_embd: int = 16) -> GPT2Config:
     """A 1-layer GPT-2 without dropout (PPO runs the policy without dropout)."""
-    return GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=n_embd, n_layer=1, n_head=2, resid_pdrop=0.0,
-                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=EOS, eos_token_id=EOS)
+    return GPT2Config(
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=n_embd,
+        n_layer=1,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+    )
 
 
 class Run:
@@ -55,20 +70,36 @@ class Tokenizer:  # just what evaluate_policy uses: token ids written out as tex
         return " ".join(map(str, ids))
 
 
-CURVE_CFG = ru.PPOConfig(batch_size=BATCH, minibatch_size=MINIBATCH, response_length=RESPONSE_LENGTH,
-                         temperature=TEMPERATURE, seed=5)
+CURVE_CFG = ru.PPOConfig(
+    batch_size=BATCH, minibatch_size=MINIBATCH, response_length=RESPONSE_LENGTH, temperature=TEMPERATURE, seed=5
+)
 
 
-def ppo_iterations(run: Run, start: int, stop: int, folder: Path | None = None, checkpoint_every: int = 2,
-                   poison_scores_at: int | None = None, curve_every: int = 0) -> None:
+def ppo_iterations(
+    run: Run,
+    start: int,
+    stop: int,
+    folder: Path | None = None,
+    checkpoint_every: int = 2,
+    poison_scores_at: int | None = None,
+    curve_every: int = 0,
+) -> None:
     """Iterations start+1..stop of the notebook's loop, checkpointing every `checkpoint_every`, with a point of
     the over-optimisation curve every `curve_every` iterations (0: none)."""
     for iteration in range(start + 1, stop + 1):
         # (1) sample
         picks = torch.randint(len(PROMPTS), (BATCH,), generator=run.generator).tolist()
         prompt_ids, prompt_mask = ru.pad_batch([PROMPTS[i] for i in picks], PAD, side="left")
-        responses, response_mask = ru.generate(run.policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, EOS, PAD,
-                                               temperature=TEMPERATURE, generator=run.generator)
+        responses, response_mask = ru.generate(
+            run.policy.lm,
+            prompt_ids,
+            prompt_mask,
+            RESPONSE_LENGTH,
+            EOS,
+            PAD,
+            temperature=TEMPERATURE,
+            generator=run.generator,
+        )
         input_ids = torch.cat([prompt_ids, responses], 1)
         attention_mask = torch.cat([prompt_mask, response_mask], 1)
         start_r = prompt_ids.shape[1]
@@ -88,30 +119,64 @@ def ppo_iterations(run: Run, start: int, stop: int, folder: Path | None = None, 
         for _ in range(2):
             order = torch.randperm(BATCH, generator=run.generator)
             for mb_start in range(0, BATCH, MINIBATCH):
-                mb = order[mb_start:mb_start + MINIBATCH]
-                mb_logprobs, mb_values, _ = ru.policy_forward(run.policy, input_ids[mb], attention_mask[mb],
-                                                              start_r, TEMPERATURE)
+                mb = order[mb_start : mb_start + MINIBATCH]
+                mb_logprobs, mb_values, _ = ru.policy_forward(
+                    run.policy, input_ids[mb], attention_mask[mb], start_r, TEMPERATURE
+                )
                 pg_loss, _ = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], response_mask[mb], 0.2)
                 vf_loss, _ = ru.ppo_value_loss(mb_values, values[mb], returns[mb], response_mask[mb], 0.2)
                 ru.optimizer_step(pg_loss + 0.1 * vf_loss, run.optimizer, run.scaler, run.policy.parameters(), 1.0)
         kl_per_sequence = kl.sum(1).mean().item()
-        ru.check_finite("PPO", iteration, **{"env/score_mean": scores.mean().item(), "loss/policy": pg_loss.item()})
+        ru.stop_if_diverged("PPO", iteration, **{"env/score_mean": scores.mean().item(), "loss/policy": pg_loss.item()})
         # (7) KL coefficient, (8) log
         run.kl_controller.update(kl_per_sequence, BATCH)
-        curve = (ru.curve_metrics(run.policy.lm, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:6], CURVE_CFG,
-                                  None, 0.0, ru.SentimentJudge()) if curve_every and iteration % curve_every == 0 else {})
-        run.history.log(iteration, **{"env/score_mean": scores.mean().item(), "objective/kl": kl_per_sequence,
-                                      "objective/kl_coef": run.kl_controller.value}, **curve)
+        curve = (
+            ru.curve_metrics(
+                run.policy.lm,
+                run.ref_policy,
+                run.reward_model,
+                Tokenizer(),
+                PROMPTS[:6],
+                CURVE_CFG,
+                FP32,
+                0.0,
+                ru.SentimentJudge(),
+            )
+            if curve_every and iteration % curve_every == 0
+            else {}
+        )
+        run.history.log(
+            iteration,
+            **{
+                "env/score_mean": scores.mean().item(),
+                "objective/kl": kl_per_sequence,
+                "objective/kl_coef": run.kl_controller.value,
+            },
+            **curve,
+        )
         if folder is not None and iteration % checkpoint_every == 0:
-            ru.save_ppo_checkpoint(folder, run.policy, run.optimizer, run.scaler, run.kl_controller, iteration,
-                                   run.history, run.generator, SIGNATURE)
+            ru.save_ppo_checkpoint(
+                folder,
+                run.policy,
+                run.optimizer,
+                run.scaler,
+                run.kl_controller,
+                iteration,
+                run.history,
+                run.generator,
+                SIGNATURE,
+            )
 
 
 def snapshot(run: Run) -> dict:
     """Copies of the state a checkpoint must restore."""
-    return {"params": {k: v.clone() for k, v in run.policy.state_dict().items()},
-            "optimizer": copy.deepcopy(run.optimizer.state_dict()), "kl_coef": run.kl_controller.value,
-            "history": copy.deepcopy(run.history.rows), "generator": run.generator.get_state().clone()}
+    return {
+        "params": {k: v.clone() for k, v in run.policy.state_dict().items()},
+        "optimizer": copy.deepcopy(run.optimizer.state_dict()),
+        "kl_coef": run.kl_controller.value,
+        "history": copy.deepcopy(run.history.rows),
+        "generator": run.generator.get_state().clone(),
+    }
 
 
 def assert_same_optimizer_state(a: dict, b: dict) -> None:
@@ -132,8 +197,9 @@ def test_resume_continues_the_run_exactly(tmp_path):
     assert straight.kl_controller.value != at_checkpoint["kl_coef"]  # the controller moved: the test can see it
 
     resumed = Run()  # a fresh process: the SFT weights again, new optimizer, new controller
-    iteration, history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
-                                                resumed.kl_controller, resumed.generator)
+    iteration, history = load_ppo_checkpoint(
+        folder, resumed.policy, resumed.optimizer, resumed.scaler, resumed.kl_controller, resumed.generator
+    )
     assert iteration == 2
     assert history.rows == at_checkpoint["history"] and len(history.rows) == 2
     assert resumed.kl_controller.value == at_checkpoint["kl_coef"]
@@ -155,15 +221,25 @@ def test_the_checkpoint_of_iteration_0_holds_no_weights_and_resumes_exactly(tmp_
     """Iteration 0's weights are the SFT model's, which the notebook loads anyway: that checkpoint is kilobytes."""
     folder = tmp_path / "ppo_checkpoint"
     straight = Run()
-    ru.save_ppo_checkpoint(folder, straight.policy, straight.optimizer, straight.scaler, straight.kl_controller, 0,
-                           straight.history, straight.generator, SIGNATURE)
+    ru.save_ppo_checkpoint(
+        folder,
+        straight.policy,
+        straight.optimizer,
+        straight.scaler,
+        straight.kl_controller,
+        0,
+        straight.history,
+        straight.generator,
+        SIGNATURE,
+    )
     assert not (folder / "policy.safetensors").exists() and ru.verify_checkpoint(folder)["weights"] is False
     assert sum(p.stat().st_size for p in folder.iterdir()) < 100_000
     ppo_iterations(straight, 0, 3)
     resumed = Run()  # a fresh process: the SFT weights again; its generator moved on, as other cells would move it
     resumed.generator.manual_seed(99)
-    iteration, resumed.history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
-                                                        resumed.kl_controller, resumed.generator)
+    iteration, resumed.history = load_ppo_checkpoint(
+        folder, resumed.policy, resumed.optimizer, resumed.scaler, resumed.kl_controller, resumed.generator
+    )
     assert iteration == 0 and resumed.history.rows == []
     ppo_iterations(resumed, 0, 3)
     for name, tensor in resumed.policy.state_dict().items():
@@ -182,8 +258,9 @@ def test_the_curve_is_logged_restored_on_resume_and_does_not_change_training(tmp
     for name, tensor in without.policy.state_dict().items():  # its own seeded generator: training is untouched
         assert torch.equal(tensor, with_curve.policy.state_dict()[name]), name
     resumed = Run()
-    iteration, resumed.history = ru.load_ppo_checkpoint(folder, resumed.policy, resumed.optimizer, resumed.scaler,
-                                                        resumed.kl_controller, resumed.generator)
+    iteration, resumed.history = load_ppo_checkpoint(
+        folder, resumed.policy, resumed.optimizer, resumed.scaler, resumed.kl_controller, resumed.generator
+    )
     assert iteration == 4 and resumed.history.rows == with_curve.history.rows  # the curve came back with the history
     ppo_iterations(resumed, 4, 6, curve_every=2)
     ppo_iterations(with_curve, 4, 6, curve_every=2)
@@ -211,12 +288,12 @@ def test_damaged_checkpoints_are_refused(tmp_path):
     weights.write_bytes(bytes(data))
     fresh = Run()
     with pytest.raises(ru.CheckpointError, match="corrupt"):
-        ru.load_ppo_checkpoint(folder, fresh.policy, fresh.optimizer, fresh.scaler, fresh.kl_controller)
+        load_ppo_checkpoint(folder, fresh.policy, fresh.optimizer, fresh.scaler, fresh.kl_controller)
 
     ppo_iterations(Run(), 0, 2, folder)  # a good checkpoint again
-    (folder / ru.PPO_TRAINING_STATE).unlink()
+    (folder / PPO_TRAINING_STATE).unlink()
     with pytest.raises(ru.CheckpointError, match="missing"):
-        ru.can_resume(folder, SIGNATURE)
+        can_resume(folder, SIGNATURE)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
@@ -224,24 +301,24 @@ def test_a_checkpoint_of_another_model_is_refused(tmp_path):
     ppo_iterations(Run(n_embd=16), 0, 2, folder)
     other = Run(n_embd=8)
     with pytest.raises(ru.CheckpointError, match="does not fit"):
-        ru.load_ppo_checkpoint(folder, other.policy, other.optimizer, other.scaler, other.kl_controller)
+        load_ppo_checkpoint(folder, other.policy, other.optimizer, other.scaler, other.kl_controller)
 
 
 def test_can_resume_only_the_same_run(tmp_path):
     folder = tmp_path / "ppo_checkpoint"
-    ok, why = ru.can_resume(folder, SIGNATURE)
+    ok, why = can_resume(folder, SIGNATURE)
     assert not ok and "No checkpoint" in why
     ppo_iterations(Run(), 0, 2, folder)
-    ok, why = ru.can_resume(folder, SIGNATURE)
+    ok, why = can_resume(folder, SIGNATURE)
     assert ok and "2 iterations" in why
     changed = {**SIGNATURE, "settings": {**SIGNATURE["settings"], "learning_rate": 3e-3}}
-    ok, why = ru.can_resume(folder, changed)
+    ok, why = can_resume(folder, changed)
     assert not ok and "learning_rate: 0.01 -> 0.003" in why
-    ok, why = ru.can_resume(folder, {**SIGNATURE, "reward_model": "other"})
+    ok, why = can_resume(folder, {**SIGNATURE, "reward_model": "other"})
     assert not ok and "reward model changed" in why
-    (folder / ru.MANIFEST).write_text(json.dumps({"format": 1, "meta": {"kind": "causal_lm"}, "files": {}}))
+    (folder / MANIFEST).write_text(json.dumps({"format": 1, "meta": {"kind": "causal_lm"}, "files": {}}))
     with pytest.raises(ru.CheckpointError, match="not a PPO checkpoint"):
-        ru.can_resume(folder, SIGNATURE)
+        can_resume(folder, SIGNATURE)
 
 
 def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
@@ -260,13 +337,14 @@ def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
 def test_divergence_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
     folder = tmp_path / "ppo_checkpoint"
     run = Run()
-    with pytest.raises(ru.TrainingDivergedError, match=r"env/score_mean became nan at iteration/step 3"):
+    with pytest.raises(TrainingDivergedError, match=r"env/score_mean became nan at iteration/step 3"):
         ppo_iterations(run, 0, 4, folder, poison_scores_at=3)
-    ok, why = ru.can_resume(folder, SIGNATURE)
+    ok, why = can_resume(folder, SIGNATURE)
     assert ok and ru.verify_checkpoint(folder)["iteration"] == 2
 
 
 # The passes the loop relies on
+
 
 def test_policy_forward_matches_each_row_alone_under_left_padding():
     run = Run()
@@ -279,10 +357,10 @@ def test_policy_forward_matches_each_row_alone_under_left_padding():
     input_ids = torch.cat([prompt_ids, response_ids], 1)
     attention_mask = torch.cat([prompt_mask, response_mask], 1)
     with torch.no_grad():
-        logprobs, values, entropy = ru.policy_forward(run.policy, input_ids, attention_mask, prompt_ids.shape[1],
-                                                      TEMPERATURE)
-        ref_logprobs = ru.response_logprobs(run.ref_policy, input_ids, attention_mask, prompt_ids.shape[1],
-                                            TEMPERATURE)
+        logprobs, values, entropy = ru.policy_forward(
+            run.policy, input_ids, attention_mask, prompt_ids.shape[1], TEMPERATURE
+        )
+        ref_logprobs = ru.response_logprobs(run.ref_policy, input_ids, attention_mask, prompt_ids.shape[1], TEMPERATURE)
         for b, (row, p) in enumerate(zip(rows, prompt_lengths)):
             alone = torch.tensor([row])
             out = run.policy.lm(input_ids=alone, output_hidden_states=True)  # no padding, positions 0..n-1
@@ -303,8 +381,16 @@ def test_generated_tokens_get_the_logprobs_they_were_sampled_with():
     """The KV-cache sampler and the one-pass forward see the same distribution (positions, temperature)."""
     run = Run()
     prompt_ids, prompt_mask = ru.pad_batch(PROMPTS[:6], PAD, side="left")
-    responses, response_mask = ru.generate(run.policy.lm, prompt_ids, prompt_mask, RESPONSE_LENGTH, EOS, PAD,
-                                           temperature=TEMPERATURE, generator=torch.Generator().manual_seed(1))
+    responses, response_mask = ru.generate(
+        run.policy.lm,
+        prompt_ids,
+        prompt_mask,
+        RESPONSE_LENGTH,
+        EOS,
+        PAD,
+        temperature=TEMPERATURE,
+        generator=torch.Generator().manual_seed(1),
+    )
     input_ids = torch.cat([prompt_ids, responses], 1)
     attention_mask = torch.cat([prompt_mask, response_mask], 1)
     with torch.no_grad():
@@ -324,21 +410,43 @@ def test_score_responses_reads_the_last_real_token():
     response_ids, response_mask = ru.pad_batch([[7, EOS], [8, 9, 10, EOS]], PAD, side="right")
     with torch.no_grad():
         scores = ru.score_responses(run.reward_model, prompt_ids, prompt_mask, response_ids, response_mask)
-        alone = [run.reward_model(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0, -1]
-                 for r in ([3, 4, 5, 7, EOS], [6, 8, 9, 10, EOS])]
+        alone = [
+            run.reward_model(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.long))[0, -1]
+            for r in ([3, 4, 5, 7, EOS], [6, 8, 9, 10, EOS])
+        ]
     assert torch.allclose(scores, torch.stack(alone), atol=1e-5)
 
 
 def test_evaluate_policy_measures_what_it_sampled():
     run = Run()
-    summary, table = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
-                                        RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    summary, table = ru.evaluate_policy(
+        run.ref_policy,
+        run.ref_policy,
+        run.reward_model,
+        Tokenizer(),
+        PROMPTS[:10],
+        RESPONSE_LENGTH,
+        temperature=1.0,
+        seed=3,
+        batch_size=4,
+    )
     assert len(table) == 10 and table["kl"].abs().max() == 0.0  # the reference against itself
     assert summary["positive_share"] == (table["raw_score"] > 0).mean()
     median = float(table["raw_score"].median())  # a pairwise reward model's threshold is such a median (notebook 2)
-    at_median, judged = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
-                                           RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4, threshold=median,
-                                           judge=ru.SentimentJudge(), chunk_size=3)
+    at_median, judged = ru.evaluate_policy(
+        run.ref_policy,
+        run.ref_policy,
+        run.reward_model,
+        Tokenizer(),
+        PROMPTS[:10],
+        RESPONSE_LENGTH,
+        temperature=1.0,
+        seed=3,
+        batch_size=4,
+        threshold=median,
+        judge=ru.SentimentJudge(),
+        chunk_size=3,
+    )
     assert at_median["positive_share"] == (table["raw_score"] > median).mean() == 0.5
     assert at_median["kl_to_ref"] == summary["kl_to_ref"]  # chunked passes: the same numbers
     texts = [p + r for p, r in zip(judged["prompt"], judged["response"])]
@@ -347,30 +455,48 @@ def test_evaluate_policy_measures_what_it_sampled():
     nll_per_token = table["ref_nll"].sum() / table["length"].sum()
     assert math.isclose(summary["ref_perplexity"], math.exp(nll_per_token), rel_tol=1e-9)
     assert 1.0 < summary["ref_perplexity"] < VOCAB * 3  # a random model is roughly uniform over the vocabulary
-    again, _ = ru.evaluate_policy(run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10],
-                                  RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    again, _ = ru.evaluate_policy(
+        run.ref_policy,
+        run.ref_policy,
+        run.reward_model,
+        Tokenizer(),
+        PROMPTS[:10],
+        RESPONSE_LENGTH,
+        temperature=1.0,
+        seed=3,
+        batch_size=4,
+    )
     assert again == summary  # the same seed samples the same responses
     trained = Run()
     ppo_iterations(trained, 0, 3)
-    summary_ppo, _ = ru.evaluate_policy(trained.policy.lm, trained.ref_policy, trained.reward_model, Tokenizer(),
-                                        PROMPTS[:10], RESPONSE_LENGTH, temperature=1.0, seed=3, batch_size=4)
+    summary_ppo, _ = ru.evaluate_policy(
+        trained.policy.lm,
+        trained.ref_policy,
+        trained.reward_model,
+        Tokenizer(),
+        PROMPTS[:10],
+        RESPONSE_LENGTH,
+        temperature=1.0,
+        seed=3,
+        batch_size=4,
+    )
     assert summary_ppo["kl_to_ref"] != 0.0
 
 
 def test_missing_inputs_name_the_notebook_the_variable_and_the_hub(tmp_path):
     cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path)})
     with pytest.raises(ru.CheckpointError) as error:
-        ru.check_ppo_inputs(cfg)
+        ru.find_ppo_inputs(cfg)
     message = str(error.value)
     assert "1-SFT.ipynb" in message and "RLHF_SFT_MODEL_DIR" in message and "hub repo" in message
     assert "2-RM Training.ipynb" in message and "RLHF_REWARD_MODEL_DIR" in message
     (tmp_path / "sft_model").mkdir()
     with pytest.raises(ru.CheckpointError) as error:
-        ru.check_ppo_inputs(cfg)
+        ru.find_ppo_inputs(cfg)
     assert "SFT" not in str(error.value) and "2-RM Training.ipynb" in str(error.value)
     (tmp_path / "reward_model").mkdir()
-    assert ru.check_ppo_inputs(cfg) == (tmp_path / "sft_model", tmp_path / "reward_model")  # both there
+    assert ru.find_ppo_inputs(cfg) == (tmp_path / "sft_model", tmp_path / "reward_model")  # both there
     # the full profile's default, outputs/sft_model, stays a local path even where outputs/ does not exist yet
     default = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": "outputs-that-do-not-exist"})
     with pytest.raises(ru.CheckpointError, match="No SFT model at outputs-that-do-not-exist/sft_model"):
-        ru.check_ppo_inputs(default)
+        ru.find_ppo_inputs(default)

@@ -1,11 +1,13 @@
 """The reward-model evaluation helpers of 2-RM Training.ipynb (score_sentences, roc_auc,
 pairwise_accuracy, reward_metrics) against loops written from their definitions."""
+
 import random
 
 import pytest
 import torch
 
 import rlhf_utils as ru
+from rlhf_support.profiles import train_bpe_tokenizer
 
 
 def auc_by_pairs(scores, labels):
@@ -24,7 +26,9 @@ def test_roc_auc_matches_the_pair_definition_with_ties():
         if len(set(labels)) < 2:
             continue
         scores = [rng.choice([-1.0, 0.0, 0.5, rng.gauss(0, 1)]) for _ in range(n)]  # many ties
-        assert ru.roc_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(auc_by_pairs(scores, labels), abs=1e-12)
+        assert ru.roc_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(
+            auc_by_pairs(scores, labels), abs=1e-12
+        )
 
 
 def test_roc_auc_extremes_and_bad_input():
@@ -53,8 +57,9 @@ def test_pairwise_accuracy_and_accuracy_against_loops():
 @pytest.fixture(scope="module")
 def tiny_reward_model():
     from transformers import GPT2Config, GPT2Model
+
     sentences = ["the film is charming .", "a dull , lifeless mess", "the cast is wonderful", "it drags ."] * 20
-    tokenizer = ru.train_bpe_tokenizer(sentences, vocab_size=300, max_length=32)
+    tokenizer = train_bpe_tokenizer(sentences, vocab_size=300, max_length=32)
     tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=2, n_head=2)
@@ -83,4 +88,6 @@ def test_score_sentences_max_length_scores_a_prefix_plus_eos(tiny_reward_model):
     model.eval()
     with torch.no_grad():
         expected = model.score(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
-    assert ru.score_sentences(model, tokenizer, [sentence], max_length=k + 1).item() == pytest.approx(expected, abs=1e-5)
+    assert ru.score_sentences(model, tokenizer, [sentence], max_length=k + 1).item() == pytest.approx(
+        expected, abs=1e-5
+    )

@@ -1,6 +1,7 @@
 """Training helpers shared by the notebooks: the SFT loss, validation loss, sampling for
 before/after tables, the learning-rate schedule, the optimiser's parameter groups, one optimiser
 step with clipping, and the early check that an output folder is writable."""
+
 import math
 import random
 from pathlib import Path
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 import rlhf_utils as ru
+from rlhf_support.checkpoints import make_writable_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,7 @@ def test_validation_loss_weighs_every_token_alike_however_batched(tiny_lm, token
     sentences = [row["sentence"] for row in smoke_rows["validation"][:24]]
     rows = ru.tokenize_sentences(sentences, tokenizer, max_length=32)
     by_one = [ru.pad_batch([r], tokenizer.pad_token_id) for r in rows]
-    by_eight = [ru.pad_batch(rows[i:i + 8], tokenizer.pad_token_id) for i in range(0, len(rows), 8)]
+    by_eight = [ru.pad_batch(rows[i : i + 8], tokenizer.pad_token_id) for i in range(0, len(rows), 8)]
     # by hand: sum of per-sentence summed losses / number of predicted tokens
     total, count = 0.0, 0
     with torch.no_grad():
@@ -92,9 +94,11 @@ def test_lr_schedule_warms_up_then_decays(schedule):
     f = ru.lr_lambda(schedule, warmup, total)
     assert [f(s) for s in range(warmup)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     progress = [(s - warmup) / (total - warmup) for s in range(warmup, total + 1)]
-    expected = {"cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in progress],
-                "linear": [1 - p for p in progress],
-                "constant": [1.0 for _ in progress]}[schedule]
+    expected = {
+        "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in progress],
+        "linear": [1 - p for p in progress],
+        "constant": [1.0 for _ in progress],
+    }[schedule]
     assert [f(s) for s in range(warmup, total + 1)] == pytest.approx(expected)
     assert f(total + 50) == pytest.approx(expected[-1]), "past the end the multiplier stays at its final value"
 
@@ -126,11 +130,11 @@ def test_length_grouped_batches_for_evaluation_are_sorted_and_complete():
 
 
 def test_check_writable_fails_early_with_a_message(tmp_path):
-    assert ru.check_writable(tmp_path / "new" / "folder").is_dir()
+    assert make_writable_folder(tmp_path / "new" / "folder").is_dir()
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(ru.CheckpointError, match="RLHF_OUTPUT_DIR"):
-        ru.check_writable(blocker / "outputs")
+        make_writable_folder(blocker / "outputs")
 
 
 def test_history_keeps_namespaced_series():
@@ -148,6 +152,7 @@ def test_warmup_rounds_up_the_same_way_in_both_notebooks():
     assert ru.warmup_steps(0.05, 110) == 6  # 5.5 rounds up (int() in notebook 2 rounded it down)
     assert ru.warmup_steps(0.01, 10) == 1 and ru.warmup_steps(0.0, 10) == 0
     import nbformat
+
     for name in ("1-SFT.ipynb", "2-RM Training.ipynb"):
         source = "\n".join(c.source for c in nbformat.read(ROOT / name, as_version=4).cells if c.cell_type == "code")
         assert "ru.warmup_steps(cfg.warmup_ratio" in source and "int(cfg.warmup_ratio" not in source, name
@@ -157,25 +162,38 @@ def test_warmup_rounds_up_the_same_way_in_both_notebooks():
 def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, monkeypatch):
     """Short full-profile checks were slow because validation could not be cut (872 sentences, every eval)."""
     nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
-    for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path), "RLHF_EVAL_SENTENCES": "40",
-                        "HF_HUB_OFFLINE": "1"}.items():
+    for name, value in {
+        "RLHF_SMOKE": "1",
+        "RLHF_OUTPUT_DIR": str(tmp_path),
+        "RLHF_EVAL_SENTENCES": "40",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
         monkeypatch.setenv(name, value)
     ru.prepare_profile(ru.make_config(ru.SFTConfig))
     for notebook, check in [("1-SFT.ipynb", "len(validation_split)"), ("2-RM Training.ipynb", "len(val_sentences)")]:
         nb = nbformat.read(ROOT / notebook, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        code = code[:next(i for i, c in enumerate(code) if "ru.load_sst2(" in c.source) + 1]  # setup, config, data
+        code = code[: next(i for i, c in enumerate(code) if "ru.load_sst2(" in c.source) + 1]  # setup, config, data
         nb.cells = code + [nbformat.v4.new_code_cell(f"print('validating on', {check})")]
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
         assert "validating on 40" in nb.cells[-1].outputs[0]["text"], notebook
 
 
 def test_the_health_table_flags_values_outside_the_rules_of_thumb():
     history = ru.History()
     for step in range(1, 21):
-        history.log(step, **{"policy/clipfrac": 0.1, "policy/approx_kl": 0.2 if step > 10 else 0.01,
-                             "value/explained_variance": step / 20, "policy/entropy": 2.0 - step * 0.09,
-                             "objective/kl": 6.0})
+        history.log(
+            step,
+            **{
+                "policy/clipfrac": 0.1,
+                "policy/approx_kl": 0.2 if step > 10 else 0.01,
+                "value/explained_variance": step / 20,
+                "policy/entropy": 2.0 - step * 0.09,
+                "objective/kl": 6.0,
+            },
+        )
     cfg = ru.make_config(ru.PPOConfig, {}, kl_target=6.0)
     table = ru.ppo_health_table(history, cfg)
     assert table.loc["policy/clipfrac", "reading"] == "within the range"

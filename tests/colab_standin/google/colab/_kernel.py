@@ -1,4 +1,5 @@
 """The kernel class the test's kernelspec starts (--IPKernelApp.kernel_class=google.colab._kernel.Kernel)."""
+
 from ipykernel.ipkernel import IPythonKernel
 from traitlets import Type
 

@@ -1,4 +1,5 @@
 """Colab runs IPython with a shell class of its own, which is how huggingface_hub recognises Colab."""
+
 from ipykernel.zmqshell import ZMQInteractiveShell
 
 

@@ -1,4 +1,5 @@
 """google.colab.drive: mount() links the mount point to the test's stand-in Drive (STANDIN_DRIVE); flush_and_unmount() removes the link."""
+
 import os
 from pathlib import Path
 
@@ -14,7 +15,9 @@ def mount(mountpoint: str, force_remount: bool = False, timeout_ms: int = 120000
     point = Path(mountpoint)
     if point.is_symlink() or point.exists():
         if not force_remount and point.resolve() == Path(drive).resolve():
-            print(f"Drive already mounted at {mountpoint}; to attempt to forcibly remount, call drive.mount(\"{mountpoint}\", force_remount=True).")
+            print(
+                f'Drive already mounted at {mountpoint}; to attempt to forcibly remount, call drive.mount("{mountpoint}", force_remount=True).'
+            )
             _mounted.append(point)
             return
         point.unlink() if point.is_symlink() else point.rmdir()

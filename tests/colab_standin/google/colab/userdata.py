@@ -1,4 +1,5 @@
 """google.colab.userdata: Colab's secrets, here from STANDIN_SECRET_<NAME> environment variables."""
+
 import os
 
 from .errors import Error

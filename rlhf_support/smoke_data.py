@@ -7,36 +7,127 @@ shaped like GLUE SST-2's; `rlhf_utils.build_smoke_dataset` writes them where the
 Each template is filled in for a chosen label, so every label is right by construction; about 10% of the
 sentences turn on a final 'but' clause and 10% on a negation, so sentiment is not a one-word lookup.
 """
+
 from __future__ import annotations
 
 import random
 
 POSITIVE_ADJECTIVES = [
-    "funny", "charming", "moving", "smart", "beautiful", "gripping", "witty",
-    "touching", "fresh", "clever", "engaging", "delightful", "powerful",
-    "thoughtful", "entertaining", "warm", "brilliant", "memorable",
-    "inventive", "heartfelt", "stunning", "compelling", "lively", "sharp",
-    "tender", "rich", "honest", "elegant", "satisfying", "graceful",
-    "original", "wonderful", "enjoyable", "absorbing", "affecting", "assured",
-    "vibrant", "haunting", "hilarious", "intelligent", "poignant",
-    "exhilarating", "gorgeous", "sweet", "irresistible", "well-crafted",
+    "funny",
+    "charming",
+    "moving",
+    "smart",
+    "beautiful",
+    "gripping",
+    "witty",
+    "touching",
+    "fresh",
+    "clever",
+    "engaging",
+    "delightful",
+    "powerful",
+    "thoughtful",
+    "entertaining",
+    "warm",
+    "brilliant",
+    "memorable",
+    "inventive",
+    "heartfelt",
+    "stunning",
+    "compelling",
+    "lively",
+    "sharp",
+    "tender",
+    "rich",
+    "honest",
+    "elegant",
+    "satisfying",
+    "graceful",
+    "original",
+    "wonderful",
+    "enjoyable",
+    "absorbing",
+    "affecting",
+    "assured",
+    "vibrant",
+    "haunting",
+    "hilarious",
+    "intelligent",
+    "poignant",
+    "exhilarating",
+    "gorgeous",
+    "sweet",
+    "irresistible",
+    "well-crafted",
 ]
 
 NEGATIVE_ADJECTIVES = [
-    "dull", "boring", "tedious", "flat", "clumsy", "lifeless", "predictable",
-    "shallow", "bland", "pointless", "tiresome", "sloppy", "forced", "stale",
-    "muddled", "lazy", "awkward", "hollow", "overlong", "silly", "mediocre",
-    "pretentious", "incoherent", "joyless", "contrived", "sluggish", "dreary",
-    "listless", "formulaic", "unfunny", "annoying", "painful", "messy",
-    "trite", "bloated", "wooden", "limp", "labored", "lame", "uninspired",
-    "forgettable", "ponderous", "heavy-handed", "witless", "mind-numbing",
+    "dull",
+    "boring",
+    "tedious",
+    "flat",
+    "clumsy",
+    "lifeless",
+    "predictable",
+    "shallow",
+    "bland",
+    "pointless",
+    "tiresome",
+    "sloppy",
+    "forced",
+    "stale",
+    "muddled",
+    "lazy",
+    "awkward",
+    "hollow",
+    "overlong",
+    "silly",
+    "mediocre",
+    "pretentious",
+    "incoherent",
+    "joyless",
+    "contrived",
+    "sluggish",
+    "dreary",
+    "listless",
+    "formulaic",
+    "unfunny",
+    "annoying",
+    "painful",
+    "messy",
+    "trite",
+    "bloated",
+    "wooden",
+    "limp",
+    "labored",
+    "lame",
+    "uninspired",
+    "forgettable",
+    "ponderous",
+    "heavy-handed",
+    "witless",
+    "mind-numbing",
 ]
 
 # Degree words shared by both labels (they carry no sentiment on their own).
 INTENSIFIERS = [
-    "very", "truly", "rather", "quite", "remarkably", "genuinely", "utterly",
-    "deeply", "thoroughly", "surprisingly", "consistently", "often", "so",
-    "oddly", "almost", "fairly", "really",
+    "very",
+    "truly",
+    "rather",
+    "quite",
+    "remarkably",
+    "genuinely",
+    "utterly",
+    "deeply",
+    "thoroughly",
+    "surprisingly",
+    "consistently",
+    "often",
+    "so",
+    "oddly",
+    "almost",
+    "fairly",
+    "really",
 ]
 
 # Adverbs placed before a verb phrase ("the film simply drags").
@@ -44,126 +135,312 @@ VERB_ADVERBS = ["simply", "mostly", "ultimately", "finally", "somehow", "largely
 
 # Neutral openers, followed by " , ".
 OPENERS = [
-    "in the end", "frankly", "at times", "for the most part", "on the whole",
-    "all in all", "by the end", "as a whole", "in its own way", "for better or worse",
+    "in the end",
+    "frankly",
+    "at times",
+    "for the most part",
+    "on the whole",
+    "all in all",
+    "by the end",
+    "as a whole",
+    "in its own way",
+    "for better or worse",
 ]
 
 # Whole works, all grammatically singular.
 FILM_SUBJECTS = [
-    "the film", "this film", "the movie", "this movie", "the picture",
-    "the director 's latest", "the director 's new film", "this comedy",
-    "this drama", "the thriller", "this documentary", "the sequel",
-    "the remake", "this romantic comedy", "the animated feature",
-    "this period piece", "the adaptation", "the debut feature",
-    "this horror movie", "the musical", "this road movie", "the war film",
+    "the film",
+    "this film",
+    "the movie",
+    "this movie",
+    "the picture",
+    "the director 's latest",
+    "the director 's new film",
+    "this comedy",
+    "this drama",
+    "the thriller",
+    "this documentary",
+    "the sequel",
+    "the remake",
+    "this romantic comedy",
+    "the animated feature",
+    "this period piece",
+    "the adaptation",
+    "the debut feature",
+    "this horror movie",
+    "the musical",
+    "this road movie",
+    "the war film",
 ]
 
 # What a story can be "about", used in "this tale of ...".
 TOPICS = [
-    "first love", "two brothers", "a small town", "growing up",
-    "a failed marriage", "a lonely detective", "an aging boxer",
-    "a family in crisis", "life on the road", "friendship and loss",
-    "war and memory", "a young musician", "a stolen painting",
-    "an unlikely romance", "three sisters", "a summer in paris",
+    "first love",
+    "two brothers",
+    "a small town",
+    "growing up",
+    "a failed marriage",
+    "a lonely detective",
+    "an aging boxer",
+    "a family in crisis",
+    "life on the road",
+    "friendship and loss",
+    "war and memory",
+    "a young musician",
+    "a stolen painting",
+    "an unlikely romance",
+    "three sisters",
+    "a summer in paris",
 ]
 
 STORY_WORDS = ["tale", "story", "portrait", "study", "drama"]
 
 # Parts of a film: (phrase after "the", is_plural).
 SINGULAR_ASPECTS = [
-    "script", "screenplay", "story", "plot", "dialogue", "pacing",
-    "soundtrack", "score", "cinematography", "direction", "editing", "ending",
-    "climax", "humor", "acting", "lead performance", "camera work", "premise",
-    "cast", "writing", "production design", "final act",
+    "script",
+    "screenplay",
+    "story",
+    "plot",
+    "dialogue",
+    "pacing",
+    "soundtrack",
+    "score",
+    "cinematography",
+    "direction",
+    "editing",
+    "ending",
+    "climax",
+    "humor",
+    "acting",
+    "lead performance",
+    "camera work",
+    "premise",
+    "cast",
+    "writing",
+    "production design",
+    "final act",
 ]
 PLURAL_ASPECTS = [
-    "performances", "characters", "jokes", "visuals", "action sequences",
-    "set pieces", "songs", "supporting players", "special effects",
-    "battle scenes", "costumes", "flashbacks",
+    "performances",
+    "characters",
+    "jokes",
+    "visuals",
+    "action sequences",
+    "set pieces",
+    "songs",
+    "supporting players",
+    "special effects",
+    "battle scenes",
+    "costumes",
+    "flashbacks",
 ]
 # Countable singular parts: need "a"/"an" in "with a wonderful cast".
 COUNT_ASPECTS = {
-    "script", "screenplay", "story", "plot", "soundtrack", "score", "ending",
-    "climax", "lead performance", "premise", "cast", "final act",
+    "script",
+    "screenplay",
+    "story",
+    "plot",
+    "soundtrack",
+    "score",
+    "ending",
+    "climax",
+    "lead performance",
+    "premise",
+    "cast",
+    "final act",
 }
 # Parts that only make sense with a possessive or "its" in front.
 EXTRA_PART_SUBJECTS = ["its second half", "its first hour", "its final stretch", "its opening scene"]
 
 PEOPLE = [
-    "the director", "the lead actress", "the young star", "the veteran actor",
-    "the screenwriter", "the newcomer", "the ensemble", "the whole cast",
-    "parker", "moreno", "kline", "hartley", "davis", "okafor",
+    "the director",
+    "the lead actress",
+    "the young star",
+    "the veteran actor",
+    "the screenwriter",
+    "the newcomer",
+    "the ensemble",
+    "the whole cast",
+    "parker",
+    "moreno",
+    "kline",
+    "hartley",
+    "davis",
+    "okafor",
 ]
 
 ROLES = [
-    "the grieving mother", "the villain", "a small-town cop", "the troubled son",
-    "the hero", "an aging rock star", "the reluctant king", "a weary soldier",
-    "the new teacher", "the best friend",
+    "the grieving mother",
+    "the villain",
+    "a small-town cop",
+    "the troubled son",
+    "the hero",
+    "an aging rock star",
+    "the reluctant king",
+    "a weary soldier",
+    "the new teacher",
+    "the best friend",
 ]
 
 # Kinds of film, singular and plural.
 FILM_NOUNS = [
-    "film", "movie", "comedy", "drama", "thriller", "picture", "story",
-    "debut", "tale", "romance", "adventure", "documentary", "effort",
-    "entertainment", "experience",
+    "film",
+    "movie",
+    "comedy",
+    "drama",
+    "thriller",
+    "picture",
+    "story",
+    "debut",
+    "tale",
+    "romance",
+    "adventure",
+    "documentary",
+    "effort",
+    "entertainment",
+    "experience",
 ]
 FILM_NOUNS_PLURAL = ["films", "movies", "comedies", "dramas", "pictures", "thrillers"]
 
 # Nouns that judge the whole film.
 POSITIVE_VERDICTS = [
-    "triumph", "delight", "gem", "treat", "pleasure", "marvel", "joy",
-    "revelation", "winner", "masterpiece", "crowd-pleaser", "knockout",
+    "triumph",
+    "delight",
+    "gem",
+    "treat",
+    "pleasure",
+    "marvel",
+    "joy",
+    "revelation",
+    "winner",
+    "masterpiece",
+    "crowd-pleaser",
+    "knockout",
 ]
 NEGATIVE_VERDICTS = [
-    "mess", "bore", "disaster", "chore", "misfire", "letdown", "dud", "slog",
-    "embarrassment", "failure", "muddle", "waste of time",
+    "mess",
+    "bore",
+    "disaster",
+    "chore",
+    "misfire",
+    "letdown",
+    "dud",
+    "slog",
+    "embarrassment",
+    "failure",
+    "muddle",
+    "waste of time",
 ]
 
 # What a film can be full of / a triumph of / lacking.
 POSITIVE_QUALITIES = [
-    "style", "wit", "imagination", "craft", "heart", "intelligence", "charm",
-    "grace", "invention", "feeling", "energy", "warmth", "humor and heart",
+    "style",
+    "wit",
+    "imagination",
+    "craft",
+    "heart",
+    "intelligence",
+    "charm",
+    "grace",
+    "invention",
+    "feeling",
+    "energy",
+    "warmth",
+    "humor and heart",
     "style and substance",
 ]
 NEGATIVE_QUALITIES = [
-    "cliches", "bad ideas", "half-baked ideas", "missed opportunities",
-    "tired jokes", "stock characters", "empty gestures", "false notes",
-    "dead air", "recycled gags",
+    "cliches",
+    "bad ideas",
+    "half-baked ideas",
+    "missed opportunities",
+    "tired jokes",
+    "stock characters",
+    "empty gestures",
+    "false notes",
+    "dead air",
+    "recycled gags",
 ]
 
 # Complete predicates for a singular subject.
 POSITIVE_VERB_PHRASES = [
-    "works beautifully", "delights from start to finish", "charms the audience",
-    "soars", "hits all the right notes", "earns its tears", "sparkles with wit",
-    "grabs you from the first scene", "keeps you guessing", "rewards the viewer",
-    "shines", "succeeds on every level", "moves at a brisk pace",
-    "lingers in the mind", "makes you laugh out loud", "wins you over",
+    "works beautifully",
+    "delights from start to finish",
+    "charms the audience",
+    "soars",
+    "hits all the right notes",
+    "earns its tears",
+    "sparkles with wit",
+    "grabs you from the first scene",
+    "keeps you guessing",
+    "rewards the viewer",
+    "shines",
+    "succeeds on every level",
+    "moves at a brisk pace",
+    "lingers in the mind",
+    "makes you laugh out loud",
+    "wins you over",
 ]
 NEGATIVE_VERB_PHRASES = [
-    "drags", "falls flat", "goes nowhere", "runs out of steam",
-    "wears out its welcome", "plods along", "collapses under its own weight",
-    "misses the mark", "feels like a chore", "bores the audience",
-    "stumbles badly", "sags in the middle", "loses its way",
-    "sinks into melodrama", "makes you check your watch",
+    "drags",
+    "falls flat",
+    "goes nowhere",
+    "runs out of steam",
+    "wears out its welcome",
+    "plods along",
+    "collapses under its own weight",
+    "misses the mark",
+    "feels like a chore",
+    "bores the audience",
+    "stumbles badly",
+    "sags in the middle",
+    "loses its way",
+    "sinks into melodrama",
+    "makes you check your watch",
 ]
 
 # Base forms used with "does n't ..." and "never ...".
 POSITIVE_BASE_VERBS = ["work", "succeed", "deliver", "charm", "satisfy", "add up", "come together", "take off"]
-NEGATIVE_BASE_VERBS = ["drag", "disappoint", "bore", "fall apart", "lose its way", "run out of steam", "overstay its welcome"]
+NEGATIVE_BASE_VERBS = [
+    "drag",
+    "disappoint",
+    "bore",
+    "fall apart",
+    "lose its way",
+    "run out of steam",
+    "overstay its welcome",
+]
 
 COMPARISON_TARGETS = [
-    "its predecessor", "the original", "most studio comedies",
-    "anything else this year", "the book", "the director 's previous film",
-    "you might expect", "the trailer suggests", "most films of its kind",
+    "its predecessor",
+    "the original",
+    "most studio comedies",
+    "anything else this year",
+    "the book",
+    "the director 's previous film",
+    "you might expect",
+    "the trailer suggests",
+    "most films of its kind",
 ]
 
 POSITIVE_SUPERLATIVES = [
-    "best", "finest", "funniest", "smartest", "most moving", "most enjoyable",
-    "most original", "most satisfying",
+    "best",
+    "finest",
+    "funniest",
+    "smartest",
+    "most moving",
+    "most enjoyable",
+    "most original",
+    "most satisfying",
 ]
 NEGATIVE_SUPERLATIVES = [
-    "worst", "dullest", "weakest", "most tedious", "most forgettable",
-    "most pointless", "clumsiest",
+    "worst",
+    "dullest",
+    "weakest",
+    "most tedious",
+    "most forgettable",
+    "most pointless",
+    "clumsiest",
 ]
 TIME_SPANS = ["of the year", "in years", "of the decade", "this season", "in recent memory"]
 
@@ -314,7 +591,7 @@ def _clause(rng: random.Random, positive: bool) -> str:
 
 
 def _t_copula(rng: random.Random, positive: bool) -> str:
-    """"the film is truly charming ." and "the film is full of wit ."."""
+    """ "the film is truly charming ." and "the film is full of wit ."."""
     subject = _film_subject(rng)
     if rng.random() < 0.15:
         quality = rng.choice(POSITIVE_QUALITIES if positive else NEGATIVE_QUALITIES)
@@ -327,7 +604,7 @@ def _t_copula(rng: random.Random, positive: bool) -> str:
 
 
 def _t_verb(rng: random.Random, positive: bool) -> str:
-    """"the movie simply drags ." and "the film lacks wit and heart ."."""
+    """ "the movie simply drags ." and "the film lacks wit and heart ."."""
     subject = _film_subject(rng)
     if not positive and rng.random() < 0.15:
         return f"{_opener(rng)}{subject} lacks {rng.choice(POSITIVE_QUALITIES)}{_end(rng)}"
@@ -349,7 +626,7 @@ def _t_fragment(rng: random.Random, positive: bool) -> str:
 
 
 def _t_its(rng: random.Random, positive: bool) -> str:
-    """"it 's very funny ." / "it 's a mess ." / "it 's the kind of film that drags ."."""
+    """ "it 's very funny ." / "it 's a mess ." / "it 's the kind of film that drags ."."""
     roll = rng.random()
     if roll < 0.4:
         body = _adj_phrase(rng, positive)
@@ -362,13 +639,13 @@ def _t_its(rng: random.Random, positive: bool) -> str:
 
 
 def _t_aspect(rng: random.Random, positive: bool) -> str:
-    """"the performances are wonderful ." / "its second half is tedious"."""
+    """ "the performances are wonderful ." / "its second half is tedious"."""
     subject, plural = _part_subject(rng)
     return f"{_opener(rng)}{subject} {_be(plural)} {_adj_phrase(rng, positive)}{_end(rng)}"
 
 
 def _t_performer(rng: random.Random, positive: bool) -> str:
-    """"parker gives a touching performance" / "the newcomer is wooden as the villain"."""
+    """ "parker gives a touching performance" / "the newcomer is wooden as the villain"."""
     person = rng.choice(PEOPLE)
     roll = rng.random()
     if roll < 0.45:
@@ -381,7 +658,7 @@ def _t_performer(rng: random.Random, positive: bool) -> str:
 
 
 def _t_comparison(rng: random.Random, positive: bool) -> str:
-    """"the sequel is more charming than its predecessor ." (or "less funny than" = negative)."""
+    """ "the sequel is more charming than its predecessor ." (or "less funny than" = negative)."""
     if positive or rng.random() < 0.7:
         degree = f"more {_adj(rng, positive)}"
     else:
@@ -390,7 +667,7 @@ def _t_comparison(rng: random.Random, positive: bool) -> str:
 
 
 def _t_superlative(rng: random.Random, positive: bool) -> str:
-    """"one of the best comedies of the year"."""
+    """ "one of the best comedies of the year"."""
     superlative = rng.choice(POSITIVE_SUPERLATIVES if positive else NEGATIVE_SUPERLATIVES)
     phrase = f"one of the {superlative} {rng.choice(FILM_NOUNS_PLURAL)} {rng.choice(TIME_SPANS)}"
     if rng.random() < 0.5:
@@ -399,12 +676,12 @@ def _t_superlative(rng: random.Random, positive: bool) -> str:
 
 
 def _t_with(rng: random.Random, positive: bool) -> str:
-    """"with sharp dialogue and tender performances"."""
+    """ "with sharp dialogue and tender performances"."""
     return f"with {_aspect_items(rng, positive, intensify=True)}"
 
 
 def _t_dash(rng: random.Random, positive: bool) -> str:
-    """"the film is gorgeous -- a triumph of style ." / "... -- skip it ."."""
+    """ "the film is gorgeous -- a triumph of style ." / "... -- skip it ."."""
     head = _clause(rng, positive)
     if rng.random() < 0.5:
         tail = _verdict(rng, positive)
@@ -432,7 +709,7 @@ def _t_but(rng: random.Random, positive: bool) -> str:
 
 
 def _t_although(rng: random.Random, positive: bool) -> str:
-    """"although the plot is thin , the performances are wonderful ."."""
+    """ "although the plot is thin , the performances are wonderful ."."""
     return f"although {_clause(rng, not positive)} , {_follow_up(rng, positive)}{_end(rng)}"
 
 
