@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +22,10 @@ import rlhf_utils as ru
 from rlhf_support.checkpoints import MANIFEST
 from rlhf_support.device import FP32
 from rlhf_support.errors import TrainingDivergedError
+from rlhf_support.notebook_cells import run_tagged_cell
 from rlhf_support.resume import PPO_TRAINING_STATE, can_resume, load_ppo_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
 EOS = PAD = 0
 VOCAB, BATCH, MINIBATCH, RESPONSE_LENGTH, TEMPERATURE = 24, 8, 4, 6, 0.9
 PROMPTS = [[1 + (7 * i + j) % (VOCAB - 1) for j in range(2 + i % 4)] for i in range(20)]
@@ -70,9 +74,19 @@ class Tokenizer:  # just what evaluate_policy uses: token ids written out as tex
         return " ".join(map(str, ids))
 
 
-CURVE_CFG = ru.PPOConfig(
-    batch_size=BATCH, minibatch_size=MINIBATCH, response_length=RESPONSE_LENGTH, temperature=TEMPERATURE, seed=5
-)
+class PoisonedRewardModel(torch.nn.Module):
+    """The run's reward model, except that from call `at` on the first score is NaN (a diverged run)."""
+
+    def __init__(self, reward_model: torch.nn.Module, at: int | None):
+        super().__init__()
+        self.reward_model, self.at, self.calls = reward_model, at, 0
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        scores = self.reward_model.score(input_ids, attention_mask)
+        if self.at is not None and self.calls >= self.at:
+            scores[0] = float("nan")
+        return scores
 
 
 def ppo_iterations(
@@ -84,88 +98,40 @@ def ppo_iterations(
     poison_scores_at: int | None = None,
     curve_every: int = 0,
 ) -> None:
-    """Iterations start+1..stop of the notebook's loop, checkpointing every `checkpoint_every`, with a point of
-    the over-optimisation curve every `curve_every` iterations (0: none)."""
-    for iteration in range(start + 1, stop + 1):
-        # (1) sample
-        picks = torch.randint(len(PROMPTS), (BATCH,), generator=run.generator).tolist()
-        prompt_ids, prompt_mask = ru.pad_batch([PROMPTS[i] for i in picks], PAD, side="left")
-        responses, response_mask = ru.generate(
-            run.policy.lm,
-            prompt_ids,
-            prompt_mask,
-            RESPONSE_LENGTH,
-            EOS,
-            PAD,
-            temperature=TEMPERATURE,
-            generator=run.generator,
-        )
-        input_ids = torch.cat([prompt_ids, responses], 1)
-        attention_mask = torch.cat([prompt_mask, response_mask], 1)
-        start_r = prompt_ids.shape[1]
-        with torch.no_grad():
-            # (2) score
-            scores = ru.score_responses(run.reward_model, prompt_ids, prompt_mask, responses, response_mask)
-            if iteration == poison_scores_at:
-                scores[0] = float("nan")
-            # (3) log-probs and values
-            logprobs, values, _ = ru.policy_forward(run.policy, input_ids, attention_mask, start_r, TEMPERATURE)
-            ref_logprobs = ru.response_logprobs(run.ref_policy, input_ids, attention_mask, start_r, TEMPERATURE)
-            # (4) KL-shaped rewards, (5) GAE
-            rewards, kl = ru.compute_rewards(scores, logprobs, ref_logprobs, response_mask, run.kl_controller.value)
-            advantages, returns = ru.compute_gae(values, rewards, response_mask, 1.0, 0.95)
-            advantages = ru.masked_whiten(advantages, response_mask)
-        # (6) PPO epochs over shuffled minibatches
-        for _ in range(2):
-            order = torch.randperm(BATCH, generator=run.generator)
-            for mb_start in range(0, BATCH, MINIBATCH):
-                mb = order[mb_start : mb_start + MINIBATCH]
-                mb_logprobs, mb_values, _ = ru.policy_forward(
-                    run.policy, input_ids[mb], attention_mask[mb], start_r, TEMPERATURE
-                )
-                pg_loss, _ = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], response_mask[mb], 0.2)
-                vf_loss, _ = ru.ppo_value_loss(mb_values, values[mb], returns[mb], response_mask[mb], 0.2)
-                ru.optimizer_step(pg_loss + 0.1 * vf_loss, run.optimizer, run.scaler, run.policy.parameters(), 1.0)
-        kl_per_sequence = kl.sum(1).mean().item()
-        ru.stop_if_diverged("PPO", iteration, **{"env/score_mean": scores.mean().item(), "loss/policy": pg_loss.item()})
-        # (7) KL coefficient, (8) log
-        run.kl_controller.update(kl_per_sequence, BATCH)
-        curve = (
-            ru.curve_metrics(
-                run.policy.lm,
-                run.ref_policy,
-                run.reward_model,
-                Tokenizer(),
-                PROMPTS[:6],
-                CURVE_CFG,
-                FP32,
-                0.0,
-                ru.SentimentJudge(),
-            )
-            if curve_every and iteration % curve_every == 0
-            else {}
-        )
-        run.history.log(
-            iteration,
-            **{
-                "env/score_mean": scores.mean().item(),
-                "objective/kl": kl_per_sequence,
-                "objective/kl_coef": run.kl_controller.value,
-            },
-            **curve,
-        )
-        if folder is not None and iteration % checkpoint_every == 0:
-            ru.save_ppo_checkpoint(
-                folder,
-                run.policy,
-                run.optimizer,
-                run.scaler,
-                run.kl_controller,
-                iteration,
-                run.history,
-                run.generator,
-                SIGNATURE,
-            )
+    """Iterations start+1..stop of notebook 3's own PPO loop (its cell tagged "ppo-loop", executed as it is), on the
+    tiny run: a checkpoint in `folder` every `checkpoint_every` iterations and at the end, a point of the
+    over-optimisation curve every `curve_every` iterations (0: none)."""
+    cfg = ru.PPOConfig(
+        batch_size=BATCH,
+        minibatch_size=MINIBATCH,
+        ppo_epochs=2,
+        response_length=RESPONSE_LENGTH,
+        temperature=TEMPERATURE,
+        require_cuda=False,
+        num_iterations=stop,
+        normalize_scores=False,
+        checkpoint_dir=str(folder or tempfile.mkdtemp(prefix="unused-checkpoint-")),
+        checkpoint_every=checkpoint_every if folder else 0,
+        checkpoint_minutes=0,
+        samples_every=10**9,
+        eval_every=curve_every or 1,
+        curve_prompts=6 if curve_every else 0,
+        seed=5,
+    )
+    scorer = PoisonedRewardModel(run.reward_model, poison_scores_at - start if poison_scores_at else None)
+    namespace = dict(
+        ru=ru, torch=torch, time=time, display=lambda *args, **kwargs: None, cfg=cfg, device=torch.device("cpu"),
+        precision=FP32, tokenizer=Tokenizer(), train_prompts=PROMPTS, policy=run.policy, ref_policy=run.ref_policy,
+        reward_model=scorer, score_mean=0.0, score_std=1.0, reward_threshold=0.0, optimizer=run.optimizer,
+        scaler=run.scaler, kl_controller=run.kl_controller, generator=run.generator, history=run.history,
+        start_iteration=start, judge=ru.SentimentJudge(), curve_prompt_ids=PROMPTS[:6], run_signature=SIGNATURE,
+    )  # fmt: skip
+    run_tagged_cell(ROOT / "3-RLHF.ipynb", "ppo-loop", namespace)
+
+
+def untimed(rows: list[dict]) -> list[dict]:
+    """A history without its timings (time/...), which differ between two runs of the same computation."""
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
 
 
 def snapshot(run: Run) -> dict:
@@ -214,7 +180,7 @@ def test_resume_continues_the_run_exactly(tmp_path):
         assert torch.equal(tensor, straight.policy.state_dict()[name]), name
     assert_same_optimizer_state(resumed.optimizer.state_dict(), straight.optimizer.state_dict())
     assert resumed.kl_controller.value == straight.kl_controller.value
-    assert resumed.history.rows == straight.history.rows
+    assert untimed(resumed.history.rows) == untimed(straight.history.rows)
 
 
 def test_the_checkpoint_of_iteration_0_holds_no_weights_and_resumes_exactly(tmp_path):
@@ -244,7 +210,7 @@ def test_the_checkpoint_of_iteration_0_holds_no_weights_and_resumes_exactly(tmp_
     ppo_iterations(resumed, 0, 3)
     for name, tensor in resumed.policy.state_dict().items():
         assert torch.equal(tensor, straight.policy.state_dict()[name]), name
-    assert resumed.history.rows == straight.history.rows
+    assert untimed(resumed.history.rows) == untimed(straight.history.rows)
 
 
 def test_the_curve_is_logged_restored_on_resume_and_does_not_change_training(tmp_path):
@@ -264,7 +230,7 @@ def test_the_curve_is_logged_restored_on_resume_and_does_not_change_training(tmp
     assert iteration == 4 and resumed.history.rows == with_curve.history.rows  # the curve came back with the history
     ppo_iterations(resumed, 4, 6, curve_every=2)
     ppo_iterations(with_curve, 4, 6, curve_every=2)
-    assert resumed.history.rows == with_curve.history.rows
+    assert untimed(resumed.history.rows) == untimed(with_curve.history.rows)
 
 
 def test_the_policy_changes_between_checkpoints(tmp_path):
@@ -337,7 +303,7 @@ def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
 def test_divergence_stops_with_the_iteration_and_keeps_the_last_checkpoint(tmp_path):
     folder = tmp_path / "ppo_checkpoint"
     run = Run()
-    with pytest.raises(TrainingDivergedError, match=r"env/score_mean became nan at iteration/step 3"):
+    with pytest.raises(TrainingDivergedError, match=r"grad_norm became nan at iteration/step 3"):
         ppo_iterations(run, 0, 4, folder, poison_scores_at=3)
     ok, why = can_resume(folder, SIGNATURE)
     assert ok and ru.verify_checkpoint(folder)["iteration"] == 2
