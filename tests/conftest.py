@@ -153,3 +153,15 @@ def tokenizer(smoke_dirs: dict[str, Path]):
 def tiny_lm(smoke_dirs: dict[str, Path]) -> torch.nn.Module:
     """A fresh copy of the tiny GPT-2 LM (fp32, CPU, eval mode): tests may change it freely."""
     return ru.load_causal_lm(str(smoke_dirs["base"])).eval()
+
+
+# ---------------------------------------------------------------------------
+# Small shared inputs
+
+MIXED_LENGTH_PROMPTS = [[5, 17, 3], [9], [40, 2, 8, 31, 12, 6], [7, 7], [23, 4, 19, 1], [11, 30, 2, 5, 5]]  # 1-6 tokens
+
+
+def under_a_file(tmp_path: Path) -> str:
+    """A folder path that cannot be created: its parent is a file."""
+    (tmp_path / "a_file").write_text("not a folder")
+    return str(tmp_path / "a_file" / "sub")

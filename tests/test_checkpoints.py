@@ -1,15 +1,235 @@
-"""Atomic checkpoints, manifests, model round trips, and the errors a learner meets when something is off."""
+"""Checkpoints: atomic saves and manifests, saves killed at any instant, folders that cannot be written, runs
+that ended worse than they started, model round trips, and Google Drive's ways of failing."""
+
+from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import under_a_file
 
 import rlhf_utils as ru
 from rlhf_support import checkpoints, data, errors, profiles
+from rlhf_support.checkpoints import STALE_ELSEWHERE_S, atomic_directory, host_id, make_writable_folder
+from rlhf_support.errors import TrainingDivergedError
+from rlhf_support.guards import failed_run_reasons
+
+# ---------------------------------------------------------------------------
+# A folder that cannot be written fails before training
+
+
+def test_check_writable_fails_early_with_a_message(tmp_path):
+    assert make_writable_folder(tmp_path / "new" / "folder").is_dir()
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ru.CheckpointError, match="RLHF_OUTPUT_DIR"):
+        make_writable_folder(blocker / "outputs")
+
+
+# ---------------------------------------------------------------------------
+# A non-finite value stops training, naming the quantity and the step
+
+
+def test_check_finite_names_the_quantity_and_step():
+    ru.stop_if_diverged("PPO", 3, loss=1.0, kl=-2.5)  # finite: no error
+    with pytest.raises(TrainingDivergedError, match=r"value_loss.*\b17\b"):
+        ru.stop_if_diverged("PPO", 17, policy_loss=0.1, value_loss=float("nan"))
+    with pytest.raises(TrainingDivergedError, match=r"loss.*inf.*\b5\b"):
+        ru.stop_if_diverged("SFT", 5, loss=math.inf)
+
+
+# ---------------------------------------------------------------------------
+# Saves killed at any instant, unwritable folders, runs that ended worse than they started
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+NOTEBOOKS = ["1-SFT.ipynb", "2-RM Training.ipynb", "3-RLHF.ipynb"]
+
+
+KILLED_SAVE = textwrap.dedent("""
+    import json, os, shutil, sys
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[3])
+    from rlhf_support.checkpoints import atomic_directory
+    folder, stage = Path(sys.argv[1]), sys.argv[2]
+    counts = {}
+
+    def die_at(name, real):
+        def wrapper(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            if stage == f"{name}{counts[name]}":
+                os._exit(9)  # a kill: no cleanup, no exception handlers
+            return real(*args, **kwargs)
+        return wrapper
+
+    Path.rename = die_at("rename", Path.rename)
+    json.dump = die_at("manifest", json.dump)
+    shutil.rmtree = die_at("rmtree", shutil.rmtree)
+    with atomic_directory(folder, {"version": "new"}) as tmp:
+        (tmp / "weights.bin").write_bytes(b"new" * 50_000)
+        if stage == "writing":
+            os._exit(9)
+        (tmp / "config.json").write_text("{}")
+    print("finished")
+""")
+
+
+# (stage, how many versions were saved before, which version a loader must find afterwards). With two before, the
+# save reuses the spare (*.old): rename1 takes it as the temporary folder, rename2 moves the current version to *.old,
+# rename3 the new one into place. With one before, there is no spare yet: rename1 and rename2 are the last two.
+KILL_POINTS = [
+    ("writing", 1, "old"),
+    ("manifest1", 1, "old"),
+    ("rename1", 1, "old"),
+    ("rename2", 1, "new"),  # between the two renames: no folder at the final path (the reported case)
+    ("none", 1, "new"),
+    ("writing", 0, None),
+    ("manifest1", 0, None),
+    ("rename1", 0, "new"),
+    ("rename1", 2, "old"),
+    ("writing", 2, "old"),
+    ("manifest1", 2, "old"),
+    ("rename2", 2, "old"),
+    ("rename3", 2, "new"),
+    ("none", 2, "new"),
+]
+
+
+def kill_save(folder: Path, stage: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(folder), stage, str(ROOT)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert (done.returncode == 9) == (stage != "none"), done.stderr
+
+
+@pytest.mark.parametrize("stage,saved_before,expected", KILL_POINTS)
+def test_a_save_killed_at_any_instant_leaves_a_complete_version(tmp_path, stage, saved_before, expected):
+    folder = tmp_path / "sft_model"
+    for _ in range(saved_before):
+        with atomic_directory(folder, {"version": "old"}) as tmp:
+            (tmp / "weights.bin").write_bytes(b"old" * 50_000)
+    kill_save(folder, stage)
+    if expected is None:
+        with pytest.raises(ru.CheckpointError, match="No checkpoint"):
+            ru.verify_checkpoint(folder)
+    else:
+        assert ru.verify_checkpoint(folder)["version"] == expected  # recovered, then verified
+        assert (folder / "weights.bin").read_bytes()[:3] == expected.encode()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert set(left) <= {"sft_model", "sft_model.old"} and ("sft_model" in left) == bool(expected), (
+        left
+    )  # no temporaries
+    with atomic_directory(folder, {"version": "next"}) as tmp:  # and the next save works from what is left
+        (tmp / "weights.bin").write_bytes(b"next")
+    assert ru.verify_checkpoint(folder)["version"] == "next"
+
+
+def test_the_ppo_notebook_finds_an_sft_model_whose_save_was_killed_between_the_renames(tmp_path):
+    for name in ("sft_model", "reward_model"):
+        with atomic_directory(tmp_path / name, {"version": "old"}) as tmp:
+            (tmp / "weights.bin").write_bytes(b"old")
+    kill_save(tmp_path / "sft_model", "rename2")
+    assert not (tmp_path / "sft_model").exists()
+    ru.find_ppo_inputs(ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path)}))  # no "run 1-SFT.ipynb first"
+    assert ru.verify_checkpoint(tmp_path / "sft_model", deep=True)["version"] == "new"
+
+
+def test_stale_temporary_folders_are_removed_by_the_next_save(tmp_path):
+    folder = tmp_path / "ckpt"
+    for stage in ("writing", "manifest1", "writing"):
+        kill_save(folder, stage)  # each new save first removes what the dead writer before it left
+    assert len(list(tmp_path.glob("ckpt.tmp-*"))) == 1  # only the last dead writer's folder
+    with atomic_directory(folder, {"version": "next"}) as tmp:
+        (tmp / "weights.bin").write_bytes(b"next")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_a_running_writers_temporary_folder_is_left_alone(tmp_path):
+    for busy in (tmp_path / f"ckpt.tmp-{os.getppid()}", tmp_path / f"ckpt.tmp-{host_id()}-{os.getppid()}"):
+        busy.mkdir()  # a live process on this machine (our parent), in the old and the new naming
+        ru.recover_checkpoint(tmp_path / "ckpt")
+        assert busy.exists()
+
+
+def test_another_runtimes_save_in_progress_is_left_alone_until_it_is_long_untouched(tmp_path):
+    """Two Colab runtimes share the Drive folder: a process id from another machine says nothing here."""
+    elsewhere = tmp_path / "ckpt.tmp-another_runtime-1"  # pid 1 runs here too, so the id alone would not tell
+    elsewhere.mkdir()
+    (elsewhere / "weights.bin").write_bytes(b"half")
+    ru.recover_checkpoint(tmp_path / "ckpt")
+    assert elsewhere.exists()
+    long_ago = time.time() - STALE_ELSEWHERE_S - 60
+    for path in (elsewhere / "weights.bin", elsewhere):
+        os.utime(path, (long_ago, long_ago))
+    ru.recover_checkpoint(tmp_path / "ckpt")
+    assert not elsewhere.exists() and (tmp_path / "ckpt.old").is_dir()  # the runtime is gone: its folder is the spare
+
+
+@pytest.mark.parametrize("setting", ["output_dir", "figures_dir", "checkpoint_dir", "policy_dir"])
+def test_unwritable_folders_are_found_before_training_and_name_their_setting(tmp_path, setting):
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out")})
+    ru.make_output_folders(cfg)  # all writable: no error
+    bad = under_a_file(tmp_path)
+    value = bad if setting in ("output_dir", "figures_dir") else bad + "/leaf"
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_OUTPUT_DIR": str(tmp_path / "out"), f"RLHF_{setting.upper()}": value})
+    with pytest.raises(ru.CheckpointError, match=f"RLHF_{setting.upper()}"):
+        ru.make_output_folders(cfg)
+
+
+def test_run_problems_sees_a_run_that_ended_worse():
+    assert failed_run_reasons([6.9, 4.0, 3.0, 2.95], higher_is_better=False, margin=0.1) == []
+    assert "ended worse than it started" in failed_run_reasons([6.9, 42.5, 7.3], False, 0.1)[0]
+    assert failed_run_reasons([6.9, 6.95], False, 0.1) == []  # within the margin: noise, not divergence
+    assert "far from its best" in failed_run_reasons([6.9, 3.0, 5.4], False, 0.1)[0]
+    assert "already saved" in failed_run_reasons([6.9, 5.4], False, 0.1, saved=2.94)[0]
+    assert failed_run_reasons([6.9, 5.4], False, 0.1, saved=5.45) == []  # a little worse than the saved one is fine
+    assert failed_run_reasons([0.5, 0.9, 0.89], higher_is_better=True, margin=0.02) == []
+    assert "far from its best" in failed_run_reasons([0.5, 0.9, 0.6], True, 0.02)[0]
+
+
+def save_marker(value: str):
+    def save(folder: str) -> None:
+        with atomic_directory(
+            folder, {"validation": {"metric": "validation loss", "value": value, "data": "d1"}}
+        ) as tmp:
+            (tmp / "weights.bin").write_text(str(value))
+
+    return save
+
+
+def test_a_diverged_run_does_not_replace_the_saved_model(tmp_path):
+    folder = str(tmp_path / "sft_model")
+    ru.save_unless_worse(save_marker(2.94), folder, "validation loss", [6.9, 2.94], False, 0.1, data="d1")
+    # RLHF_LEARNING_RATE=0.99: the loss rose to 42.5 and ended at 5.375, never NaN
+    with pytest.raises(ru.RLHFError, match="sft_model.rejected") as error:
+        ru.save_unless_worse(save_marker(5.375), folder, "validation loss", [6.9, 42.5, 5.375], False, 0.1, data="d1")
+    assert "already saved there scored 2.94" in str(error.value) and "RLHF_SAVE_WORSE_MODEL" in str(error.value)
+    assert (Path(folder) / "weights.bin").read_text() == "2.94"  # the better model stays
+    assert (Path(folder + ".rejected") / "weights.bin").read_text() == "5.375"  # and nothing trained is lost
+    # measured on other validation data, the saved value does not count; asked to, it saves anyway
+    ru.save_unless_worse(save_marker(5.375), folder, "validation loss", [6.9, 5.375], False, 0.1, data="d2")
+    ru.save_unless_worse(
+        save_marker(9.0), folder, "validation loss", [6.9, 9.0], False, 0.1, data="d1", save_worse=True
+    )
+    assert (Path(folder) / "weights.bin").read_text() == "9.0"
+
+
+# ---------------------------------------------------------------------------
+# Atomic saves, manifests, model round trips, and Google Drive's ways of failing
 
 
 def write_checkpoint(folder, text: str, meta=None):
@@ -21,10 +241,6 @@ def write_checkpoint(folder, text: str, meta=None):
 
 def leftovers(folder):
     return sorted(p.name for p in folder.parent.iterdir() if p.name != folder.name)
-
-
-# ---------------------------------------------------------------------------
-# atomic_directory and verify_checkpoint
 
 
 def test_atomic_directory_writes_a_manifest_and_replaces_the_old_checkpoint(tmp_path):
@@ -120,10 +336,6 @@ def test_verify_checkpoint_refuses_a_damaged_manifest_or_an_interrupted_save(tmp
     (tmp_path / "ckpt.tmp-another_runtime-12").mkdir()
     with pytest.raises(ru.CheckpointError, match="half-written"):
         ru.verify_checkpoint(folder)
-
-
-# ---------------------------------------------------------------------------
-# Models
 
 
 def test_save_and_load_causal_lm(tmp_path, tiny_lm, tokenizer):
@@ -240,9 +452,6 @@ def test_check_same_vocabulary_refuses_another_tokenizer(tokenizer, smoke_rows):
     ru.require_same_vocabulary(tokenizer, tokenizer)
 
 
-# ---------------------------------------------------------------------------
-# Hub names offline
-
 HUB_NAME = "rlhf-in-notebooks/no-such-model"  # a hub id (not a path) that no cache holds
 
 
@@ -263,10 +472,6 @@ def test_hub_name_offline_fails_fast_with_a_helpful_message(load):
     message = str(info.value)
     assert HUB_NAME in message and "RLHF_SMOKE=1" in message and "internet" in message
     assert elapsed < 5.0, f"took {elapsed:.1f} s"
-
-
-# ---------------------------------------------------------------------------
-# Models through the hub: what push_to_hub uploads, notebook 3 can start from
 
 
 @pytest.fixture
@@ -331,10 +536,6 @@ def test_a_hub_input_without_a_connection_names_the_setting_to_change(tmp_path, 
         errors.HubUnavailableError, match="Could not fetch the reward model 'me/not-cached'.*RLHF_REWARD_MODEL_DIR"
     ):
         ru.find_ppo_inputs(cfg)  # HF_HUB_OFFLINE=1 in the tests: the hub cannot be reached
-
-
-# ---------------------------------------------------------------------------
-# Google Drive: uploads from another runtime, disconnects, and a spare that cannot be removed
 
 
 def test_a_model_still_uploading_from_another_runtime_says_wait_and_keeps_the_previous_version(tmp_path):

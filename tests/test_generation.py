@@ -1,12 +1,136 @@
-"""Left padding, position ids, the KV-cache sampling loop and its masks, on the tiny smoke GPT-2."""
+"""Generation: left padding and positions, sampling with the KV cache against plain sampling, EOS handling,
+reproducibility."""
+
+from __future__ import annotations
 
 import math
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import MIXED_LENGTH_PROMPTS
 
 import rlhf_utils as ru
+
+# ---------------------------------------------------------------------------
+# Sampling continuations for evaluation
+
+
+def test_sample_continuations_is_repeatable_and_flags_eos(tiny_lm, tokenizer, smoke_rows):
+    prompts = ru.make_prompts([r["sentence"] for r in smoke_rows["validation"][:10]], tokenizer)
+    texts_a, ended_a = ru.sample_continuations(tiny_lm, tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=4)
+    texts_b, ended_b = ru.sample_continuations(tiny_lm, tokenizer, prompts, max_new_tokens=6, seed=3, batch_size=4)
+    assert texts_a == texts_b and torch.equal(ended_a, ended_b)
+    assert len(texts_a) == len(prompts) and ended_a.shape == (len(prompts),)
+    # a model that always says EOS ends every sample, with empty text
+    bias = torch.zeros(len(tokenizer))
+    bias[tokenizer.eos_token_id] = 1e4
+    hook = tiny_lm.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    try:
+        texts, ended = ru.sample_continuations(tiny_lm, tokenizer, prompts, max_new_tokens=6, seed=0)
+    finally:
+        hook.remove()
+    assert bool(ended.all()) and all(t == "" for t in texts)
+
+
+# ---------------------------------------------------------------------------
+# Sampling with the KV cache draws what plain sampling draws
+
+
+def with_eos_bias(lm: nn.Module, bias: float, eos_token_id: int) -> nn.Module:
+    """Add `bias` to the EOS logit (the tied LM head has no bias of its own), so that rows end early."""
+    b = torch.zeros(lm.lm_head.weight.shape[0])
+    b[eos_token_id] = bias
+    lm.lm_head.bias = nn.Parameter(b)
+    return lm
+
+
+def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson's statistic of observed counts against the expected n * p, over the tokens with p > 0."""
+    n = counts.sum().item()
+    expected = probs.double() * n
+    keep = expected > 0
+    return (((counts.double() - expected) ** 2)[keep] / expected[keep]).sum().item()
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (2.0, 0), (1.0, 3)])
+def test_sample_next_token_draws_softmax_of_logits(temperature, top_k):
+    # p(last) ~ 2e-3: a rare token must come up at its own rate, not be rounded away
+    logits = torch.tensor([float("-inf"), 1.0, -1.0, 2.0, 0.3, -4.0, float("-inf")])
+    scaled = logits / temperature
+    if top_k:
+        scaled = scaled.masked_fill(scaled < torch.topk(scaled, top_k).values[-1], float("-inf"))
+    probs = torch.softmax(scaled, -1)
+    n = 200_000
+    tokens = ru.sample_next_token(logits.expand(n, -1), temperature, top_k, torch.Generator().manual_seed(0))
+    counts = torch.bincount(tokens, minlength=len(logits))
+    assert counts[probs == 0].sum() == 0, counts  # impossible tokens never come up (first, last, below top_k)
+    # 5 free categories (fewer with top_k): P(chi2 > 25) < 2e-4
+    assert chi_square(counts, probs) < 25, (counts / n, probs)
+
+
+def test_sample_next_token_is_reproducible_and_per_row():
+    logits = torch.randn(64, 50)
+    a = ru.sample_next_token(logits, generator=torch.Generator().manual_seed(3))
+    b = ru.sample_next_token(logits, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    # a row whose distribution is one token always gives that token
+    sure = torch.full((4, 50), -30.0)
+    sure[torch.arange(4), torch.tensor([0, 7, 48, 49])] = 30.0
+    assert ru.sample_next_token(sure, generator=torch.Generator().manual_seed(0)).tolist() == [0, 7, 48, 49]
+
+
+def plain_generate(
+    lm: nn.Module,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos: int,
+    pad: int,
+    temperature: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sampling without the KV cache or padding: every step runs each row alone, from its first token."""
+    rows = [list(p) for p in prompts]
+    finished = [False] * len(rows)
+    tokens, masks = [], []
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = torch.stack([lm(input_ids=torch.tensor([row])).logits[0, -1] for row in rows])  # (B, V)
+        sampled = ru.sample_next_token(logits, temperature, 0, generator).tolist()
+        step_tokens, step_mask = [], []
+        for b, token in enumerate(sampled):
+            step_mask.append(0 if finished[b] else 1)
+            step_tokens.append(pad if finished[b] else token)
+            if not finished[b]:
+                rows[b].append(token)
+                finished[b] = token == eos
+        tokens.append(step_tokens)
+        masks.append(step_mask)
+    return torch.tensor(tokens).T, torch.tensor(masks).T
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_kv_cache_generation_samples_what_plain_generation_samples(tiny_lm, tokenizer, temperature):
+    """Same random numbers, same tokens: the cached, left-padded batch sees the same distributions."""
+    eos = pad = tokenizer.eos_token_id
+    lm = with_eos_bias(tiny_lm, math.log(60.0), eos)  # some rows end early
+    prompt_ids, prompt_mask = ru.pad_batch(MIXED_LENGTH_PROMPTS * 2, pad, side="left")
+    responses, response_mask = ru.generate(
+        lm, prompt_ids, prompt_mask, 10, eos, pad, temperature=temperature, generator=torch.Generator().manual_seed(5)
+    )
+    plain_responses, plain_mask = plain_generate(
+        lm, MIXED_LENGTH_PROMPTS * 2, 10, eos, pad, temperature, torch.Generator().manual_seed(5)
+    )
+    width = responses.shape[1]  # generate may stop early once every row has finished
+    assert torch.equal(responses, plain_responses[:, :width]) and torch.equal(response_mask, plain_mask[:, :width])
+    assert not plain_mask[:, width:].any()
+    lengths = response_mask.sum(1)
+    assert (lengths < 10).any() and (lengths > 1).any()  # the comparison covers early EOS and long rows
+
+
+# ---------------------------------------------------------------------------
+# Left padding, positions, EOS, reproducibility
+
 
 SENTENCES = [
     "the film is charming and witty .",
@@ -14,15 +138,6 @@ SENTENCES = [
     "a mess of cliches , but the cast is wonderful",
     "it 's a gem",
 ]
-
-
-def with_eos_bias(lm: nn.Module, bias: float, eos_token_id: int) -> nn.Module:
-    """Give the (bias-free, tied) LM head a bias that adds `bias` to the EOS logit only."""
-    vocab = lm.lm_head.weight.shape[0]
-    b = torch.zeros(vocab)
-    b[eos_token_id] = bias
-    lm.lm_head.bias = nn.Parameter(b)
-    return lm
 
 
 def left_padded(tokenizer, sentences, add_eos=False):
@@ -37,10 +152,6 @@ def token_logprobs(lm, ids, mask, use_positions=True):
     with torch.no_grad():
         logits = lm(input_ids=ids, attention_mask=mask, **kwargs).logits
     return ru.logprobs_from_logits(logits[:, :-1], ids[:, 1:])
-
-
-# ---------------------------------------------------------------------------
-# Left padding and position ids
 
 
 def test_positions_from_mask_and_last_real_index():
@@ -93,10 +204,6 @@ def test_policy_and_reward_model_ignore_padding_side(tiny_lm, tokenizer, smoke_d
             alone_logits, alone_values = policy(torch.tensor([row]), torch.ones(1, n, dtype=torch.long))
             torch.testing.assert_close(logits[i, -n:], alone_logits[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(values[i, -n:], alone_values[0], atol=1e-5, rtol=0)
-
-
-# ---------------------------------------------------------------------------
-# The sampling loop
 
 
 def sample(lm, tokenizer, max_new_tokens=12, seed=0, **kwargs):

@@ -1,12 +1,12 @@
-"""Learning happens: a reward model learns the smoke sentiment, and PPO raises a toy reward within a KL budget.
+"""Learning: a reward model learns the smoke sentiment, PPO (notebook 3's own loop) raises a toy reward within a
+KL budget, the health table reads a run, and the independent judge."""
 
-Both run on the tiny smoke GPT-2 (randomly initialised, 2 layers, 64 wide), so they check the
-pieces work together, not GPT-2 results.
-"""
+from __future__ import annotations
 
 import dataclasses
 import math
 import random
+import socket
 import time
 from pathlib import Path
 
@@ -17,17 +17,40 @@ import torch.nn.functional as F
 import rlhf_utils as ru
 from rlhf_support.notebook_cells import run_tagged_cell
 
-ROOT = Path(__file__).resolve().parents[1]
+# ---------------------------------------------------------------------------
+# The health table
+
+
+def test_the_health_table_flags_values_outside_the_rules_of_thumb():
+    history = ru.History()
+    for step in range(1, 21):
+        history.log(
+            step,
+            **{
+                "policy/clipfrac": 0.1,
+                "policy/approx_kl": 0.2 if step > 10 else 0.01,
+                "value/explained_variance": step / 20,
+                "policy/entropy": 2.0 - step * 0.09,
+                "objective/kl": 6.0,
+            },
+        )
+    cfg = ru.make_config(ru.PPOConfig, {}, kl_target=6.0)
+    table = ru.ppo_health_table(history, cfg)
+    assert table.loc["policy/clipfrac", "reading"] == "within the range"
+    assert table.loc["policy/approx_kl", "reading"].startswith("above 0.05")  # mean 0.105
+    assert table.loc["value/explained_variance", "reading"] == "within the range"  # last quarter 0.9
+    assert table.loc["policy/entropy", "reading"].startswith("below 0.3")  # 0.29 / 1.91 of its start
+    assert table.loc["objective/kl", "reading"] == "within the range"
+    fixed = ru.ppo_health_table(history, ru.make_config(ru.PPOConfig, {}, adaptive_kl=False))
+    assert "objective/kl" not in fixed.index  # a fixed beta has no target to compare with
+
 
 # ---------------------------------------------------------------------------
-# (a) Reward model
-#
-# Measured (CPU, 1 thread, 150 steps of 16 sentences, lr 2e-3), seeds 0 / 1 / 2, with PyTorch's AVX-512 kernels
-# and with its AVX2 ones (ATEN_CPU_CAPABILITY=avx2), which round differently:
-#   BCE held-out accuracy 0.860 / 0.910 / 0.930 and 0.855 / 0.910 / 0.920;
-#   pairwise held-out pair accuracy 0.95 / 0.93 / 0.95 and 0.95 / 0.92 / 0.94.
-# At 100 steps seed 0 had not converged on AVX-512 (0.715, 0.860 on AVX2), so the test depended on the processor.
-# Chance is 0.5; the threshold leaves a margin of 0.1 below the worst seed.
+# A reward model learns; PPO raises a toy reward within a KL budget
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 RM_STEPS, RM_BATCH, RM_LR, RM_THRESHOLD = 150, 16, 2e-3, 0.75
 
@@ -84,23 +107,9 @@ def test_reward_model_learns_with_pairwise_loss(smoke_dirs, tokenizer, smoke_row
     assert accuracy >= RM_THRESHOLD, f"held-out pair accuracy {accuracy:.3f}"
 
 
-# ---------------------------------------------------------------------------
-# (b) PPO on a toy reward, with notebook 3's own loop (its cell tagged "ppo-loop", executed as it is)
-#
-# The score of a response is the share of its tokens in a fixed random set S of 64 token ids
-# (1/16 of the vocabulary: about 0.06 for the untrained model). Each iteration samples 32
-# responses of up to 10 tokens to 4-token prompts, then takes 2 epochs of minibatch-16 PPO steps on them.
-#
-# KL budget. With a per-token KL penalty beta, the best policy for E[score] - beta * KL puts, at
-# every step, pi*(y) = pi_ref(y) exp(1[y in S] / (L beta)) / Z (L = response length). Its KL to
-# the reference, L * KL_bernoulli(p* || p0) with p0 = pi_ref(S), is the most a well-behaved PPO
-# run approaches from 0 at that beta; the test allows it at the smallest beta the adaptive
-# controller reached. The exact KL is measured every 5 iterations on a fixed probe batch. Measured (CPU, 1 thread)
-# with seeds 0 / 1 / 2: score 0.055 -> 0.294 / 0.056 -> 0.242 / 0.071 -> 0.215 (means of the first and last 5
-# iterations), peak KL 4.9 / 3.2 / 3.7 nats per response against budgets of 6.7 / 7.1 / 7.4; about 6 s.
-# The test runs seed 0.
-
 PPO_ITERATIONS, PPO_BATCH, PPO_MINIBATCH, PPO_EPOCHS, RESPONSE_LENGTH = 50, 32, 16, 2, 10
+
+
 PROMPT_TOKENS, KL_EVERY = 4, 5  # every prompt 4 tokens long; the exact KL measured every 5 iterations
 
 
@@ -191,3 +200,40 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
     assert last > first + 0.08 and last > 2 * first, summary
     assert max(kls) < budget, summary
     assert kls[-1] > 0.1, summary  # the policy did move away from the reference
+
+
+# ---------------------------------------------------------------------------
+# The independent judge
+
+
+def test_the_judge_works_offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    judge = ru.SentimentJudge()  # the lexicon ships inside the package
+    texts = ["a charming , moving and wonderful film", "a dull , lifeless mess", "the film", "not good at all"]
+    assert judge.positive(texts) == [True, False, False, False]
+    scores = judge.scores(texts)
+    assert scores[0] > 0.5 and scores[1] < -0.5 and scores[2] == 0.0 and all(-1 <= s <= 1 for s in scores)
+
+
+def test_the_judge_likes_strings_of_positive_words_a_blind_spot_notebook_3_names():
+    judge = ru.SentimentJudge()
+    assert judge.positive(["good good good wonderful wonderful"]) == [True]
+
+
+def test_a_missing_judge_package_says_how_to_install_it(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without_vader(name, *args, **kwargs):
+        if name.startswith("vaderSentiment"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_vader)
+    with pytest.raises(ru.RLHFError, match="pip install vaderSentiment"):
+        ru.SentimentJudge()

@@ -1,127 +1,76 @@
-"""The fast paths of rlhf_utils compute what the plain versions compute.
+"""Models: the reward model's scores, the policy's passes (fast = plain, chunked = whole, no host syncs), memory,
+loss scaling for fp16, and the GPT-2-small stand-in."""
 
-Speed work must not change the math: each fast piece (inverse-CDF sampling, the KV-cache loop,
-one shared-trunk pass with logits only where PPO reads them, the fused GELU, the fused AdamW) is
-checked here against a plain version written without it, in fp32.
-"""
+from __future__ import annotations
 
 import copy
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import MIXED_LENGTH_PROMPTS
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import rlhf_utils as ru
 from benchmarks import ppo_bench
+from rlhf_support.errors import TrainingDivergedError
+from rlhf_support.profiles import train_bpe_tokenizer
 
-PROMPTS = [[5, 17, 3], [9], [40, 2, 8, 31, 12, 6], [7, 7], [23, 4, 19, 1], [11, 30, 2, 5, 5]]
+# ---------------------------------------------------------------------------
+# The reward model's scores
 
 
-def with_eos_bias(lm: nn.Module, bias: float, eos_token_id: int) -> nn.Module:
-    """Add `bias` to the EOS logit (the tied LM head has no bias of its own), so that rows end early."""
-    b = torch.zeros(lm.lm_head.weight.shape[0])
-    b[eos_token_id] = bias
-    lm.lm_head.bias = nn.Parameter(b)
-    return lm
+@pytest.fixture(scope="module")
+def tiny_reward_model():
+    from transformers import GPT2Config, GPT2Model
+
+    sentences = ["the film is charming .", "a dull , lifeless mess", "the cast is wonderful", "it drags ."] * 20
+    tokenizer = train_bpe_tokenizer(sentences, vocab_size=300, max_length=32)
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=32, n_embd=32, n_layer=2, n_head=2)
+    return ru.ScalarHeadModel(GPT2Model(config)), tokenizer
+
+
+def test_score_sentences_matches_one_by_one_scores_in_order(tiny_reward_model):
+    model, tokenizer = tiny_reward_model
+    sentences = ["it drags .", "the film is charming and the cast is wonderful .", "a mess", "the cast is wonderful"]
+    model.train()  # dropout on: score_sentences must switch it off and then restore train mode
+    rewards = ru.score_sentences(model, tokenizer, sentences, batch_size=3, max_length=32)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        for i, sentence in enumerate(sentences):
+            ids = tokenizer(sentence, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            alone = model.score(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
+            assert rewards[i].item() == pytest.approx(alone, abs=1e-5)
+
+
+def test_score_sentences_max_length_scores_a_prefix_plus_eos(tiny_reward_model):
+    model, tokenizer = tiny_reward_model
+    sentence = "the film is charming and the cast is wonderful ."
+    k = 3
+    ids = tokenizer(sentence, add_special_tokens=False)["input_ids"][:k] + [tokenizer.eos_token_id]
+    model.eval()
+    with torch.no_grad():
+        expected = model.score(torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long)).item()
+    assert ru.score_sentences(model, tokenizer, [sentence], max_length=k + 1).item() == pytest.approx(
+        expected, abs=1e-5
+    )
 
 
 # ---------------------------------------------------------------------------
-# Sampling
-
-
-def chi_square(counts: torch.Tensor, probs: torch.Tensor) -> float:
-    """Pearson's statistic of observed counts against the expected n * p, over the tokens with p > 0."""
-    n = counts.sum().item()
-    expected = probs.double() * n
-    keep = expected > 0
-    return (((counts.double() - expected) ** 2)[keep] / expected[keep]).sum().item()
-
-
-@pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.5, 0), (2.0, 0), (1.0, 3)])
-def test_sample_next_token_draws_softmax_of_logits(temperature, top_k):
-    # p(last) ~ 2e-3: a rare token must come up at its own rate, not be rounded away
-    logits = torch.tensor([float("-inf"), 1.0, -1.0, 2.0, 0.3, -4.0, float("-inf")])
-    scaled = logits / temperature
-    if top_k:
-        scaled = scaled.masked_fill(scaled < torch.topk(scaled, top_k).values[-1], float("-inf"))
-    probs = torch.softmax(scaled, -1)
-    n = 200_000
-    tokens = ru.sample_next_token(logits.expand(n, -1), temperature, top_k, torch.Generator().manual_seed(0))
-    counts = torch.bincount(tokens, minlength=len(logits))
-    assert counts[probs == 0].sum() == 0, counts  # impossible tokens never come up (first, last, below top_k)
-    # 5 free categories (fewer with top_k): P(chi2 > 25) < 2e-4
-    assert chi_square(counts, probs) < 25, (counts / n, probs)
-
-
-def test_sample_next_token_is_reproducible_and_per_row():
-    logits = torch.randn(64, 50)
-    a = ru.sample_next_token(logits, generator=torch.Generator().manual_seed(3))
-    b = ru.sample_next_token(logits, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(a, b)
-    # a row whose distribution is one token always gives that token
-    sure = torch.full((4, 50), -30.0)
-    sure[torch.arange(4), torch.tensor([0, 7, 48, 49])] = 30.0
-    assert ru.sample_next_token(sure, generator=torch.Generator().manual_seed(0)).tolist() == [0, 7, 48, 49]
-
-
-def plain_generate(
-    lm: nn.Module,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    eos: int,
-    pad: int,
-    temperature: float,
-    generator: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sampling without the KV cache or padding: every step runs each row alone, from its first token."""
-    rows = [list(p) for p in prompts]
-    finished = [False] * len(rows)
-    tokens, masks = [], []
-    for _ in range(max_new_tokens):
-        with torch.no_grad():
-            logits = torch.stack([lm(input_ids=torch.tensor([row])).logits[0, -1] for row in rows])  # (B, V)
-        sampled = ru.sample_next_token(logits, temperature, 0, generator).tolist()
-        step_tokens, step_mask = [], []
-        for b, token in enumerate(sampled):
-            step_mask.append(0 if finished[b] else 1)
-            step_tokens.append(pad if finished[b] else token)
-            if not finished[b]:
-                rows[b].append(token)
-                finished[b] = token == eos
-        tokens.append(step_tokens)
-        masks.append(step_mask)
-    return torch.tensor(tokens).T, torch.tensor(masks).T
-
-
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_kv_cache_generation_samples_what_plain_generation_samples(tiny_lm, tokenizer, temperature):
-    """Same random numbers, same tokens: the cached, left-padded batch sees the same distributions."""
-    eos = pad = tokenizer.eos_token_id
-    lm = with_eos_bias(tiny_lm, math.log(60.0), eos)  # some rows end early
-    prompt_ids, prompt_mask = ru.pad_batch(PROMPTS * 2, pad, side="left")
-    responses, response_mask = ru.generate(
-        lm, prompt_ids, prompt_mask, 10, eos, pad, temperature=temperature, generator=torch.Generator().manual_seed(5)
-    )
-    plain_responses, plain_mask = plain_generate(
-        lm, PROMPTS * 2, 10, eos, pad, temperature, torch.Generator().manual_seed(5)
-    )
-    width = responses.shape[1]  # generate may stop early once every row has finished
-    assert torch.equal(responses, plain_responses[:, :width]) and torch.equal(response_mask, plain_mask[:, :width])
-    assert not plain_mask[:, width:].any()
-    lengths = response_mask.sum(1)
-    assert (lengths < 10).any() and (lengths > 1).any()  # the comparison covers early EOS and long rows
-
-
-# ---------------------------------------------------------------------------
-# Log-prob passes: one shared-trunk pass with logits only at the response vs the plain passes
+# The policy's passes: fast = plain, no host syncs, fused GELU, the benchmark
 
 
 def rollout(policy: ru.PolicyWithValueHead, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Left-padded prompts + sampled responses (some ended early): (input_ids, attention_mask, response_start)."""
     eos = policy.lm.config.eos_token_id
-    prompt_ids, prompt_mask = ru.pad_batch(PROMPTS, eos, side="left")
+    prompt_ids, prompt_mask = ru.pad_batch(MIXED_LENGTH_PROMPTS, eos, side="left")
     responses, response_mask = ru.generate(
         policy.lm, prompt_ids, prompt_mask, 8, eos, eos, generator=torch.Generator().manual_seed(seed)
     )
@@ -177,10 +126,13 @@ def test_policy_logits_to_keep_selects_positions(tiny_lm):
 
 
 def test_4d_attention_mask_is_the_one_the_model_builds(tiny_lm):
-    prompt_ids, prompt_mask = ru.pad_batch(PROMPTS, 0, side="left")  # (B, P), rows padded 0-5 tokens
+    prompt_ids, prompt_mask = ru.pad_batch(MIXED_LENGTH_PROMPTS, 0, side="left")  # (B, P), rows padded 0-5 tokens
     positions = ru.positions_from_mask(prompt_mask)
     mask_4d = ru.attention_mask_4d(tiny_lm, prompt_mask)
-    assert mask_4d.shape == (len(PROMPTS), 1, prompt_ids.shape[1], prompt_ids.shape[1]) and mask_4d.dtype == torch.bool
+    assert (
+        mask_4d.shape == (len(MIXED_LENGTH_PROMPTS), 1, prompt_ids.shape[1], prompt_ids.shape[1])
+        and mask_4d.dtype == torch.bool
+    )
     # row 1 is [pad x 5, 9]: its last query sees only itself
     assert mask_4d[1, 0, -1].tolist() == [False] * 5 + [True]
     with torch.no_grad():
@@ -220,7 +172,7 @@ def test_inner_loops_never_wait_for_the_device(tiny_lm):
     """A decoding step and a PPO minibatch step queue their work without reading any value back."""
     policy = ru.PolicyWithValueHead(tiny_lm).eval()
     eos = tiny_lm.config.eos_token_id
-    prompt_ids, prompt_mask = ru.pad_batch(PROMPTS, eos, side="left")
+    prompt_ids, prompt_mask = ru.pad_batch(MIXED_LENGTH_PROMPTS, eos, side="left")
     generator = torch.Generator().manual_seed(0)
     assert (
         host_syncs(
@@ -249,10 +201,6 @@ def test_inner_loops_never_wait_for_the_device(tiny_lm):
     assert host_syncs(lambda: ru.masked_mean(old_logprobs, mask).item()) != []
 
 
-# ---------------------------------------------------------------------------
-# Fused GELU and fused AdamW
-
-
 def test_fused_gelu_gives_the_same_model(tiny_lm):
     from transformers.activations import NewGELUActivation
 
@@ -267,42 +215,6 @@ def test_fused_gelu_gives_the_same_model(tiny_lm):
     assert sum(isinstance(m, nn.GELU) and m.approximate == "tanh" for m in plain.modules()) == len(plain.transformer.h)
     x = torch.linspace(-6, 6, 1001)
     torch.testing.assert_close(nn.GELU(approximate="tanh")(x), NewGELUActivation()(x), atol=1e-6, rtol=0)
-
-
-def test_make_optimizer_is_plain_adamw_with_decay_on_matrices():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4))
-    twin = copy.deepcopy(model)
-    fast = ru.make_optimizer(model, lr=1e-2, weight_decay=0.1)
-    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):
-        assert fast.defaults["fused"] is True  # the fused kernel runs on CPU too
-    matrices = [p for p in twin.parameters() if p.ndim >= 2]
-    others = [p for p in twin.parameters() if p.ndim < 2]
-    plain = torch.optim.AdamW(
-        [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
-        lr=1e-2,
-        eps=1e-8,
-        foreach=False,
-    )
-    for _ in range(6):
-        x = torch.randn(32, 8)
-        for m, opt in ((model, fast), (twin, plain)):
-            m(x).pow(2).mean().backward()
-            opt.step()
-            opt.zero_grad()
-    for p, q in zip(model.parameters(), twin.parameters()):
-        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
-    assert any(
-        (p - q).abs().max() > 0
-        for p, q in zip(
-            model.parameters(),
-            nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4)).parameters(),
-        )
-    )
-
-
-# ---------------------------------------------------------------------------
-# The benchmark itself
 
 
 def test_benchmark_runs_both_modes_and_writes_json(tmp_path):
@@ -377,3 +289,127 @@ def test_peak_flops_by_device_name(monkeypatch):
     assert ppo_bench.peak_flops(cuda) == (65e12, "fp16")
     assert ppo_bench.peak_flops(cuda) == (None, "")
     assert ppo_bench.peak_flops(torch.device("cpu")) == (None, "")
+
+
+# ---------------------------------------------------------------------------
+# Memory: chunked passes
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the bytes of the largest tensor any operation returns while active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.bytes = max(self.bytes, leaf.numel() * leaf.element_size())
+        return out
+
+
+def batch(tokenizer, size: int, response_length: int = 12) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """A left-padded batch of [prompt | response] rows of random tokens, (B, P + R), and P."""
+    generator = torch.Generator().manual_seed(size)
+    rows = [
+        torch.randint(1, 1000, (int(n),), generator=generator).tolist()
+        for n in torch.randint(2, 9, (size,), generator=generator)
+    ]
+    prompt_ids, prompt_mask = ru.pad_batch(rows, tokenizer.pad_token_id, side="left")
+    responses = torch.randint(1, 1000, (size, response_length), generator=generator)
+    return (
+        torch.cat([prompt_ids, responses], 1),
+        torch.cat([prompt_mask, torch.ones_like(responses)], 1),
+        prompt_ids.shape[1],
+    )
+
+
+def largest(fn) -> int:
+    with torch.no_grad(), LargestTensor() as mode:
+        fn()
+    return mode.bytes
+
+
+def test_the_rollout_passes_largest_temporary_does_not_grow_with_the_batch(tiny_lm, tokenizer):
+    policy = ru.PolicyWithValueHead(tiny_lm).eval()
+    sizes = {}
+    for size in (16, 64):
+        ids, mask, start = batch(tokenizer, size)
+        sizes[size] = {
+            "policy, chunks of 16": largest(
+                lambda ids=ids, mask=mask, start=start: ru.policy_forward(policy, ids, mask, start, 0.9, chunk_size=16)
+            ),
+            "reference, chunks of 16": largest(
+                lambda ids=ids, mask=mask, start=start: ru.response_logprobs(
+                    tiny_lm, ids, mask, start, 0.9, chunk_size=16
+                )
+            ),
+            "policy, whole batch": largest(
+                lambda ids=ids, mask=mask, start=start: ru.policy_forward(policy, ids, mask, start, 0.9)
+            ),
+        }
+    assert sizes[64]["policy, chunks of 16"] == sizes[16]["policy, chunks of 16"]
+    assert sizes[64]["reference, chunks of 16"] == sizes[16]["reference, chunks of 16"]
+    assert sizes[64]["policy, whole batch"] >= 3.5 * sizes[16]["policy, whole batch"]  # what the chunks avoid
+    vocab_tensor = 16 * 12 * tiny_lm.config.vocab_size * 4  # (chunk, R, V) in fp32: the biggest one left
+    assert sizes[64]["policy, chunks of 16"] == vocab_tensor
+
+
+def test_chunked_passes_give_the_same_results(tiny_lm, tokenizer):
+    policy = ru.PolicyWithValueHead(tiny_lm).eval()
+    torch.nn.init.normal_(policy.value_head.linear.weight, std=0.1)
+    ids, mask, start = batch(tokenizer, 37)  # not a multiple of the chunk size
+    with torch.no_grad():
+        whole = ru.policy_forward(policy, ids, mask, start, 0.9)
+        chunked = ru.policy_forward(policy, ids, mask, start, 0.9, chunk_size=8)
+        ref_whole = ru.response_logprobs(tiny_lm, ids, mask, start, 0.9)
+        ref_chunked = ru.response_logprobs(tiny_lm, ids, mask, start, 0.9, chunk_size=8)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref_whole, ref_chunked, atol=1e-5, rtol=0)
+    assert ru.policy_forward(policy, ids, mask, start, 0.9, with_entropy=False, chunk_size=8)[2] is None
+
+
+# ---------------------------------------------------------------------------
+# Loss scaling: skipped steps, infinite gradients
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_an_overflowing_step_is_skipped_and_reported_as_inf():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    optimizer = ru.make_optimizer(model, lr=1e-2)
+    precision = ru.resolve_precision(torch.device("cpu"), "fp16")
+    scaler = precision.grad_scaler(init_scale=2.0**40)  # far too large: fp16 gradients overflow
+    x = torch.randn(16, 8)
+    norms, weights = [], []
+    for _ in range(30):
+        before = model[0].weight.detach().clone()
+        with precision.autocast():
+            loss = model(x).float().pow(2).mean()
+        norms.append(ru.optimizer_step(loss, optimizer, scaler, model.parameters(), 1.0))
+        weights.append(not torch.equal(before, model[0].weight))
+    finite = [math.isfinite(n.item()) for n in norms]
+    assert not finite[0] and not weights[0]  # overflow: the step was skipped, the weights untouched
+    assert finite[-1] and weights[-1]  # the scale came down far enough: steps are taken again
+    assert all(f == w for f, w in zip(finite, weights))  # an infinite norm means exactly "skipped"
+    assert scaler.get_scale() < 2.0**40
+    metrics = ru.grad_norm_metrics(torch.stack(norms), scaler, "policy")
+    assert metrics["policy/skipped_steps"] == finite.count(False) >= 1
+    assert math.isfinite(metrics["policy/grad_norm"])
+    assert metrics["policy/grad_norm"] == pytest.approx(
+        sum(n.item() for n, f in zip(norms, finite) if f) / finite.count(True)
+    )
+
+
+def test_an_infinite_gradient_without_loss_scaling_stops_training():
+    scaler = ru.resolve_precision(torch.device("cpu"), "fp32").grad_scaler()
+    assert ru.grad_norm_metrics(torch.tensor(2.0), scaler, "train") == {
+        "train/skipped_steps": 0.0,
+        "train/grad_norm": 2.0,
+    }
+    with pytest.raises(TrainingDivergedError, match="grad_norm became inf at iteration/step 7"):
+        ru.grad_norm_metrics(torch.tensor(math.inf), scaler, "train", step=7)

@@ -1,22 +1,25 @@
-"""PPO math of rlhf_utils against plain Python loops written from the formulas.
+"""The math, against plain loops written from the formulas: the SFT loss, the schedule and optimizer, the reward
+model's metrics, distinct-n, and PPO's pieces (log-probs, the KL-shaped reward, GAE, whitening, the clipped losses,
+the KL controllers)."""
 
-The references below work on Python floats and nested lists, one token at a time, so they share
-no vectorised code (no gather, scatter, cumsum, masking tricks) with the implementation.
-"""
+from __future__ import annotations
 
+import copy
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 
 import rlhf_utils as ru
 
-SEEDS = [0, 1, 2, 3]
-
-
 # ---------------------------------------------------------------------------
-# Random inputs
+# PPO's pieces against plain loops
+
+
+SEEDS = [0, 1, 2, 3]
 
 
 def ragged_mask(rng: random.Random, batch: int, length: int, holes: bool = False) -> list[list[int]]:
@@ -68,10 +71,6 @@ def close(actual: torch.Tensor, expected, tol: float = 1e-6) -> None:
     assert diff <= tol, f"max |diff| = {diff:.3g} > {tol}\nactual={actual}\nexpected={expected}"
 
 
-# ---------------------------------------------------------------------------
-# Reference implementations (plain loops over floats)
-
-
 def ref_log_softmax(row: list[float]) -> list[float]:
     m = max(row)
     log_z = m + math.log(sum(math.exp(x - m) for x in row))
@@ -118,10 +117,6 @@ def sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x))
 
 
-# ---------------------------------------------------------------------------
-# Log-probs and entropy
-
-
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_logprobs_from_logits(seed, scale):
@@ -155,10 +150,6 @@ def test_entropy_from_logits(seed):
     close(ru.entropy_from_logits(T(logits)), expected, tol=1e-5)
     # a uniform distribution over V has entropy log V
     close(ru.entropy_from_logits(torch.zeros(1, 1, 9)), [[math.log(9)]], tol=1e-6)
-
-
-# ---------------------------------------------------------------------------
-# Masked statistics
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -201,10 +192,6 @@ def test_masked_whiten(seed, shift_mean):
     close(torch.tensor(ref_masked_mean(out_list, mask)), 0.0 if shift_mean else mean)
     close(torch.tensor(ref_masked_var(out_list, mask)), 1.0, tol=1e-6)
     assert all(v == 0 for vr, mr in zip(out_list, mask) for v, m in zip(vr, mr) if not m)
-
-
-# ---------------------------------------------------------------------------
-# Rewards and GAE
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -280,10 +267,6 @@ def test_gae_worked_example():
     adv, ret = ru.compute_gae(T([[0.5, 0.5, 0.5, 9.0]]), T([[0.0, 0.0, 1.0, 9.0]]), T([[1, 1, 1, 0]]), 1.0, 1.0)
     close(adv, [[0.5, 0.5, 0.5, 0.0]])
     close(ret, [[1.0, 1.0, 1.0, 0.0]])
-
-
-# ---------------------------------------------------------------------------
-# PPO losses
 
 
 def ref_policy_loss(logprobs, old_logprobs, advantages, mask, eps):
@@ -383,10 +366,6 @@ def test_explained_variance(seed):
     close(ru.explained_variance(T(returns), T(returns), T(mask)), 1.0)  # perfect values
 
 
-# ---------------------------------------------------------------------------
-# KL controllers and reward-model losses
-
-
 def test_adaptive_kl_controller():
     init, target, horizon = 0.1, 6.0, 1000
     ctl = ru.AdaptiveKLController(init, target, horizon)
@@ -433,3 +412,215 @@ def test_pairwise_reward_loss(seed):
     # only the difference matters
     shifted = ru.pairwise_reward_loss(T(chosen) + 5, T(rejected) + 5)
     close(shifted, sum(terms) / len(terms))
+
+
+# ---------------------------------------------------------------------------
+# The SFT loss, validation loss, the learning-rate schedule, the optimizer
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def causal_lm_loss_by_loop(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """-1/N sum over counted positions of log softmax(logits[b, t])[labels[b, t+1]], in plain Python."""
+    total, count = 0.0, 0
+    for b in range(logits.shape[0]):
+        for t in range(logits.shape[1] - 1):
+            target = int(labels[b, t + 1])
+            if target == -100:
+                continue
+            row = [float(v) for v in logits[b, t]]
+            log_z = math.log(sum(math.exp(v) for v in row))
+            total -= row[target] - log_z
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_causal_lm_loss_matches_the_formula(seed):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 6, 5, generator=gen)
+    input_ids = torch.randint(0, 5, (3, 6), generator=gen)
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    labels = ru.lm_labels(input_ids, attention_mask)
+    assert ru.causal_lm_loss(logits, labels).item() == pytest.approx(causal_lm_loss_by_loop(logits, labels), abs=1e-5)
+    counted = int((labels[:, 1:] != -100).sum())
+    total = ru.causal_lm_loss(logits, labels, reduction="sum").item()
+    assert total / counted == pytest.approx(causal_lm_loss_by_loop(logits, labels), abs=1e-5)
+
+
+def test_causal_lm_loss_equals_the_transformers_builtin(tiny_lm, tokenizer):
+    rows = ru.tokenize_sentences(["the film is a triumph", "dull"], tokenizer, max_length=32)
+    input_ids, attention_mask = ru.pad_batch(rows, tokenizer.pad_token_id)
+    labels = ru.lm_labels(input_ids, attention_mask)
+    with torch.no_grad():
+        out = tiny_lm(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+    assert ru.causal_lm_loss(out.logits, labels).item() == pytest.approx(out.loss.item(), abs=1e-5)
+
+
+def test_validation_loss_weighs_every_token_alike_however_batched(tiny_lm, tokenizer, smoke_rows):
+    sentences = [row["sentence"] for row in smoke_rows["validation"][:24]]
+    rows = ru.tokenize_sentences(sentences, tokenizer, max_length=32)
+    by_one = [ru.pad_batch([r], tokenizer.pad_token_id) for r in rows]
+    by_eight = [ru.pad_batch(rows[i : i + 8], tokenizer.pad_token_id) for i in range(0, len(rows), 8)]
+    # by hand: sum of per-sentence summed losses / number of predicted tokens
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for ids, mask in by_one:
+            logits = tiny_lm(input_ids=ids, attention_mask=mask).logits
+            total += ru.causal_lm_loss(logits, ru.lm_labels(ids, mask), reduction="sum").item()
+            count += ids.shape[1] - 1
+    expected = total / count
+    tiny_lm.train()
+    assert ru.validation_loss(tiny_lm, by_one) == pytest.approx(expected, rel=1e-5)
+    assert ru.validation_loss(tiny_lm, by_eight) == pytest.approx(expected, rel=1e-5)
+    assert tiny_lm.training, "validation_loss must restore the model's training mode"
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_lr_schedule_warms_up_then_decays(schedule):
+    warmup, total = 4, 20
+    f = ru.lr_lambda(schedule, warmup, total)
+    assert [f(s) for s in range(warmup)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    progress = [(s - warmup) / (total - warmup) for s in range(warmup, total + 1)]
+    expected = {
+        "cosine": [0.5 * (1 + math.cos(math.pi * p)) for p in progress],
+        "linear": [1 - p for p in progress],
+        "constant": [1.0 for _ in progress],
+    }[schedule]
+    assert [f(s) for s in range(warmup, total + 1)] == pytest.approx(expected)
+    assert f(total + 50) == pytest.approx(expected[-1]), "past the end the multiplier stays at its final value"
+
+
+def test_optimizer_decays_matrices_only_and_step_clips(tiny_lm):
+    optimizer = ru.make_optimizer(tiny_lm, lr=1e-3, weight_decay=0.1)
+    decayed = {id(p) for p in optimizer.param_groups[0]["params"]}
+    for name, p in tiny_lm.named_parameters():
+        assert (id(p) in decayed) == (p.ndim >= 2), name
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+    ids = torch.randint(0, 100, (2, 8))
+    loss = 1e3 * tiny_lm(input_ids=ids, labels=ids).loss  # a large loss: gradients far above the clip
+    scaler = ru.resolve_precision(torch.device("cpu"), "fp32").grad_scaler()
+    before = [p.detach().clone() for p in tiny_lm.parameters()]
+    grad_norm = ru.optimizer_step(loss, optimizer, scaler, tiny_lm.parameters(), max_grad_norm=1.0)
+    assert grad_norm.item() > 1.0, "the returned norm is the one before clipping"
+    assert all(p.grad is None for p in tiny_lm.parameters()), "gradients are cleared after the step"
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_lm.parameters())), "the step changed the weights"
+
+
+# ---------------------------------------------------------------------------
+# The reward model's metrics: ROC AUC, pairwise accuracy
+
+
+def auc_by_pairs(scores, labels):
+    """AUC from its definition: over all (positive, negative) pairs, 1 if the positive is higher, 1/2 on a tie."""
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_roc_auc_matches_the_pair_definition_with_ties():
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(2, 40)
+        labels = [rng.randint(0, 1) for _ in range(n)]
+        if len(set(labels)) < 2:
+            continue
+        scores = [rng.choice([-1.0, 0.0, 0.5, rng.gauss(0, 1)]) for _ in range(n)]  # many ties
+        assert ru.roc_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(
+            auc_by_pairs(scores, labels), abs=1e-12
+        )
+
+
+def test_roc_auc_extremes_and_bad_input():
+    labels = torch.tensor([0, 0, 1, 1])
+    assert ru.roc_auc(torch.tensor([0.1, 0.2, 0.3, 0.4]), labels) == 1.0
+    assert ru.roc_auc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0
+    assert ru.roc_auc(torch.zeros(4), labels) == 0.5
+    with pytest.raises(ValueError):
+        ru.roc_auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1]))
+
+
+def test_pairwise_accuracy_and_accuracy_against_loops():
+    rng = random.Random(1)
+    labels = [rng.randint(0, 1) for _ in range(50)]
+    scores = torch.tensor([rng.gauss(0.8 * y, 1.0) for y in labels])
+    pairs = ru.make_preference_pairs(labels, seed=0)
+    expected_pairwise = sum(1 for c, r in pairs if scores[c] > scores[r]) / len(pairs)
+    threshold = 0.3
+    expected_accuracy = sum(1 for s, y in zip(scores.tolist(), labels) if (s > threshold) == (y == 1)) / len(labels)
+    metrics = ru.reward_metrics(scores, labels, threshold)
+    assert metrics["pairwise_accuracy"] == pytest.approx(expected_pairwise)
+    assert metrics["accuracy"] == pytest.approx(expected_accuracy)
+    assert metrics["auc"] == pytest.approx(auc_by_pairs(scores.tolist(), labels))
+
+
+# ---------------------------------------------------------------------------
+# distinct-n
+
+
+def distinct_n_by_loop(texts: list[str], n: int) -> float:
+    """Distinct-n written out from its definition: count every word n-gram of every text, and the different ones."""
+    seen, total = set(), 0
+    for text in texts:
+        words = text.split()
+        for start in range(len(words) - n + 1):
+            seen.add(tuple(words[start : start + n]))
+            total += 1
+    return len(seen) / total if total else 0.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_distinct_n_matches_a_plain_loop(n: int) -> None:
+    rng = torch.Generator().manual_seed(n)
+    words = ["good", "great", "film", "the", "a", "heart", "fun", "."]
+    texts = [
+        " ".join(words[i] for i in torch.randint(len(words), (int(k),), generator=rng).tolist())
+        for k in torch.randint(0, 9, (60,), generator=rng)
+    ]
+    assert ru.distinct_n(texts, n) == pytest.approx(distinct_n_by_loop(texts, n), abs=1e-12)
+
+
+def test_distinct_2_by_hand() -> None:
+    # "a great film" -> (a, great), (great, film); "a great heart" -> (a, great), (great, heart): 3 distinct of 4
+    assert ru.distinct_n(["a great film", "a great heart"], 2) == pytest.approx(3 / 4)
+    assert ru.distinct_n(["great great great great"], 2) == pytest.approx(1 / 3)  # one bigram, three times
+    assert ru.distinct_n(["one", ""], 2) == 0.0  # no bigram at all
+    assert ru.distinct_n(["a b", "b a"], 2) == 1.0  # n-grams never span two texts
+
+
+# ---------------------------------------------------------------------------
+# AdamW with decay on matrices only
+
+
+def test_make_optimizer_is_plain_adamw_with_decay_on_matrices():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4))
+    twin = copy.deepcopy(model)
+    fast = ru.make_optimizer(model, lr=1e-2, weight_decay=0.1)
+    if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4):
+        assert fast.defaults["fused"] is True  # the fused kernel runs on CPU too
+    matrices = [p for p in twin.parameters() if p.ndim >= 2]
+    others = [p for p in twin.parameters() if p.ndim < 2]
+    plain = torch.optim.AdamW(
+        [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
+        lr=1e-2,
+        eps=1e-8,
+        foreach=False,
+    )
+    for _ in range(6):
+        x = torch.randn(32, 8)
+        for m, opt in ((model, fast), (twin, plain)):
+            m(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0)
+    assert any(
+        (p - q).abs().max() > 0
+        for p, q in zip(
+            model.parameters(),
+            nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.GELU(), nn.Linear(16, 4)).parameters(),
+        )
+    )

@@ -1,0 +1,349 @@
+"""The notebooks as a learner runs them: the cpu profile end to end, fp16, the validation size, warmup rounding,
+folders checked before training, progress bars and long cells under nbval, saved figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import under_a_file
+
+import rlhf_utils as ru
+from rlhf_support.profiles import BASE_MODEL_SIZES, build_smoke_dataset
+
+# ---------------------------------------------------------------------------
+# Warmup, the validation size, the metric history
+
+
+def test_history_keeps_namespaced_series():
+    history = ru.History()
+    history.log(0, **{"env/score_mean": 1.0})
+    history.log(1, **{"env/score_mean": 2.0, "loss/policy": 0.5})
+    assert history.series("env/score_mean") == ([0, 1], [1.0, 2.0])
+    assert history.series("loss/policy") == ([1], [0.5])
+    assert history.last("env/score_mean") == 2.0
+    assert list(history.to_frame().columns) == ["env/score_mean", "loss/policy"]
+
+
+def run_cells(notebook: str, until: str, extra: str, folder: Path) -> str:
+    """Run `notebook`'s code cells up to the first one containing `until`, then `extra`; returns what `extra` printed."""
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    nb = nbformat.read(ROOT / notebook, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    nb.cells = code[: next(i for i, c in enumerate(code) if until in c.source) + 1] + [nbformat.v4.new_code_cell(extra)]
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(folder)}}
+    ).execute()
+    return nb.cells[-1].outputs[0]["text"]
+
+
+@pytest.mark.usefixtures("no_rlhf_settings")
+def test_both_notebooks_round_the_warmup_up(tmp_path, monkeypatch):
+    """A warmup of 5.5 steps is 6 in both notebooks (notebook 2 once rounded it down with int())."""
+    assert ru.warmup_steps(0.05, 100) == 5 and ru.warmup_steps(0.05, 110) == 6
+    assert ru.warmup_steps(0.01, 10) == 1 and ru.warmup_steps(0.0, 10) == 0
+    for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path), "HF_HUB_OFFLINE": "1",
+                        "RLHF_WARMUP_RATIO": "0.137", "RLHF_COMPARE_LOSSES": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    said = run_cells("1-SFT.ipynb", "ru.lr_lambda(", "print(warmup_steps, total_steps)", ROOT)
+    warmup, total = map(int, said.split())
+    assert 0.137 * total % 1 != 0 and warmup == math.ceil(0.137 * total), said
+    # notebook 2: the learning rates it logged follow the schedule with the warmup rounded up, not down
+    said = run_cells(
+        "2-RM Training.ipynb",
+        "reward_model, history = train_reward_model(",
+        "import json; print(json.dumps([history.series('train/lr')[1], cfg.learning_rate, cfg.lr_schedule, num_steps]))",
+        ROOT,
+    )
+    lrs, lr, schedule, total = json.loads(said)
+    assert 0.137 * total % 1 != 0, said
+
+    def logged(warmup: int) -> list[float]:  # the rate after each optimizer step, as the notebook logs it
+        return [lr * ru.lr_lambda(schedule, warmup, total)(step) for step in range(1, total + 1)]
+
+    assert lrs == pytest.approx(logged(math.ceil(0.137 * total)), rel=1e-6)
+    assert lrs != pytest.approx(logged(int(0.137 * total)), rel=1e-6)
+
+
+def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, monkeypatch):
+    """Short full-profile checks were slow because validation could not be cut (872 sentences, every eval)."""
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    for name, value in {
+        "RLHF_SMOKE": "1",
+        "RLHF_OUTPUT_DIR": str(tmp_path),
+        "RLHF_EVAL_SENTENCES": "40",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    ru.prepare_profile(ru.make_config(ru.SFTConfig))
+    for notebook, check in [("1-SFT.ipynb", "len(validation_split)"), ("2-RM Training.ipynb", "len(val_sentences)")]:
+        nb = nbformat.read(ROOT / notebook, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        code = code[: next(i for i, c in enumerate(code) if "ru.load_sst2(" in c.source) + 1]  # setup, config, data
+        nb.cells = code + [nbformat.v4.new_code_cell(f"print('validating on', {check})")]
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
+        assert "validating on 40" in nb.cells[-1].outputs[0]["text"], notebook
+
+
+# ---------------------------------------------------------------------------
+# The cpu profile end to end, saved figures
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+NOTEBOOKS = ["1-SFT.ipynb", "2-RM Training.ipynb", "3-RLHF.ipynb"]
+
+
+def test_save_figure_writes_only_when_asked(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [1, 0])
+    assert ru.save_figure(fig, "", "curve") is None
+    path = ru.save_figure(fig, str(tmp_path / "figs"), "curve")
+    plt.close(fig)
+    assert path == tmp_path / "figs" / "curve.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# A few steps of each notebook on 400 smoke sentences: the code paths of the cpu profile, not its results.
+TINY_SLICE = {
+    "RLHF_MAX_TRAIN_SAMPLES": "400",
+    "RLHF_NUM_EPOCHS": "1",
+    "RLHF_BATCH_SIZE": "32",
+    "RLHF_EVAL_EVERY": "5",
+    "RLHF_NUM_EVAL_GENERATIONS": "16",
+    "RLHF_SAMPLE_MAX_NEW_TOKENS": "8",
+    "RLHF_COMPARE_MAX_STEPS": "2",
+    "RLHF_NORM_SAMPLES": "64",
+    "RLHF_NUM_ITERATIONS": "3",
+    "RLHF_MINIBATCH_SIZE": "16",
+    "RLHF_PPO_EPOCHS": "1",
+    "RLHF_RESPONSE_LENGTH": "8",
+    "RLHF_EVAL_PROMPTS": "32",
+    "RLHF_SAMPLES_EVERY": "2",
+    "RLHF_CHECKPOINT_EVERY": "2",
+    "RLHF_SAVE_WORSE_MODEL": "1",  # a few steps do not learn: the divergence guard would (rightly) refuse them
+}
+
+
+@pytest.mark.usefixtures("no_rlhf_settings")  # e.g. CI's RLHF_SMOKE=1 would contradict RLHF_PROFILE=cpu
+def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    data = build_smoke_dataset(tmp_path / "data" / "sst2", n_train=600, n_validation=80, seed=0)
+    out, figures = tmp_path / "out", tmp_path / "figures"
+    env = {
+        "RLHF_PROFILE": "cpu",
+        "RLHF_DATASET": str(data),
+        "RLHF_OUTPUT_DIR": str(out),
+        "RLHF_FIGURES_DIR": str(figures),
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": "1",
+        **TINY_SLICE,
+    }  # one thread: tiny matrices, and no spin-waiting on a busy machine
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for notebook in NOTEBOOKS:  # in order: each reads what the one before saved
+        nb = nbformat.read(ROOT / notebook, as_version=4)
+        nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
+
+    tokenizer = ru.load_tokenizer(str(out / "base_model"))
+    assert ru.load_causal_lm(str(out / "base_model")).config.n_embd == BASE_MODEL_SIZES["cpu"]["n_embd"]
+    sft_meta = ru.verify_checkpoint(out / "sft_model")
+    assert sft_meta["profile"] == "cpu" and sft_meta["base_model"] == str(out / "base_model")
+    sft = ru.load_causal_lm(str(out / "sft_model"))
+    reward_model, reward_tokenizer, info = ru.load_reward_model(out / "reward_model")
+    assert info["profile"] == "cpu" and info["trained_from"] == str(out / "base_model")
+    assert info["score_std"] > 0 and abs(info["score_mean"]) < 1e3
+    policy = ru.load_causal_lm(str(out / "ppo_policy"))
+    for other in (
+        ru.load_tokenizer(str(out / "sft_model")),
+        reward_tokenizer,
+        ru.load_tokenizer(str(out / "ppo_policy")),
+    ):
+        ru.require_same_vocabulary(tokenizer, other)  # raises when the token ids mean other words
+    assert sft.config.vocab_size == policy.config.vocab_size == reward_model.config.vocab_size
+    # one architecture throughout: the reward model's trunk and the PPO policy have the base model's shape
+    assert reward_model.config.n_layer == sft.config.n_layer == policy.config.n_layer
+    assert not torch.equal(sft.transformer.wte.weight, policy.transformer.wte.weight)  # PPO changed the policy
+
+    history = json.loads((out / "ppo_checkpoint" / "history.json").read_text())
+    assert [row["step"] for row in history] == [0, 1, 2, 3]  # 0: the curve's point for the SFT policy
+    assert all(0.0 <= row["env/positive_share"] <= 1.0 for row in history[1:])
+    assert [row["step"] for row in history if "curve/judge_positive_share" in row] == [0, 3]  # start, and the end
+    policy_meta = ru.verify_checkpoint(out / "ppo_policy")
+    assert set(policy_meta["eval"]) >= {"positive_share", "kl_to_ref", "eos_share", "distinct_2"}
+    assert 0.0 <= policy_meta["eval"]["distinct_2"] <= 1.0
+
+    saved = sorted(p.name for p in figures.glob("*.png"))
+    assert {"sft_loss.png", "rm_scores.png", "ppo_training.png", "ppo_vs_sft.png", "overoptimisation_curve.png"} <= set(
+        saved
+    ), saved
+
+
+# ---------------------------------------------------------------------------
+# Folders checked before training, figures, progress bars and long cells under nbval
+
+
+@pytest.mark.usefixtures("no_rlhf_settings")
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_every_notebook_stops_at_an_unwritable_folder_before_it_trains(notebook, tmp_path, monkeypatch):
+    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1",
+                        "RLHF_FIGURES_DIR": under_a_file(tmp_path), "MPLBACKEND": "Agg"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    nb = nbformat.read(ROOT / notebook, as_version=4)
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="RLHF_FIGURES_DIR"):
+        client.execute()
+    printed = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+    assert "it/s" not in printed and "widget-view" not in printed  # no progress bar ran: nothing was trained
+    assert not any(p.name.endswith(("_model", "_checkpoint", "_policy")) for p in (tmp_path / "out").rglob("*"))
+
+
+def test_a_figure_that_cannot_be_saved_is_reported_not_raised(tmp_path, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, _ = plt.subplots()
+    assert ru.save_figure(fig, under_a_file(tmp_path), "sft_loss") is None
+    plt.close(fig)
+    assert "Could not save the figure" in capsys.readouterr().out
+
+
+def test_a_progress_bar_redraws_a_bounded_number_of_times(monkeypatch):
+    redraws = []
+    bar = ru.progress(range(50_000), desc="steps")
+    monkeypatch.setattr(type(bar), "refresh", lambda self, *a, **k: redraws.append(self.n))
+    for step in bar:
+        bar.set_postfix(loss=f"{step:.3f}")  # as the training loops do, every step
+    bar.close()
+    assert len(redraws) <= 201, len(redraws)
+    assert ru.progress(range(100)).miniters == 1  # a short loop still shows every step
+
+
+LONG_CELL = """
+import time
+bar = ru.progress(range({steps}), desc="SFT")
+for step in bar:
+    bar.set_postfix(loss=f"{{2 + step * 1e-4:.4f}}", lr=f"{{1e-3:.1e}}")  # a value that changes every step, as a loss does
+    if step % 5000 == 0:
+        bar.write(f"step {{step}}: validation loss 1.0")
+bar.close()
+print("trained")
+"""
+
+
+def test_a_long_training_cell_passes_under_nbval(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbval")
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport rlhf_utils as ru"),
+        nbformat.v4.new_code_cell(LONG_CELL.format(steps=30_000)),
+    ]  # without the bound: ~30,000 messages
+    nbformat.write(nb, tmp_path / "long_cell.ipynb")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval-lax",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            str(tmp_path / "long_cell.ipynb"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------
+# The notebooks in fp16
+
+
+# Appended to each notebook: the loop's own history, inspected in the notebook's kernel.
+HISTORY_CHECK = """
+import math
+assert precision.name == "fp16", precision
+skipped = sum(history.series("{prefix}/skipped_steps")[1])
+steps = len(history.series("{prefix}/skipped_steps")[1])
+assert skipped >= 1, "no step overflowed: the test did not reach the skipping path"
+assert skipped < steps * {per_row}, "every step was skipped: nothing trained"
+infinite = [(row["step"], k, v) for row in history.rows for k, v in row.items() if not math.isfinite(v)]
+assert not infinite, infinite
+assert all(math.isfinite(v) for v in history.series("{loss}")[1])
+print("fp16 check:", int(skipped), "skipped")
+"""
+
+
+STEPS = {
+    "RLHF_MAX_TRAIN_SAMPLES": "400",
+    "RLHF_NUM_EPOCHS": "2",
+    "RLHF_EVAL_EVERY": "5",
+    "RLHF_NUM_EVAL_GENERATIONS": "8",
+    "RLHF_SAMPLE_MAX_NEW_TOKENS": "8",
+    "RLHF_COMPARE_LOSSES": "0",
+    "RLHF_NORM_SAMPLES": "64",
+    "RLHF_NUM_ITERATIONS": "4",
+    "RLHF_PPO_EPOCHS": "2",
+    "RLHF_RESPONSE_LENGTH": "8",
+    "RLHF_EVAL_PROMPTS": "16",
+    "RLHF_CURVE_PROMPTS": "8",
+}
+
+
+@pytest.mark.usefixtures("no_rlhf_settings")
+def test_the_notebooks_run_in_fp16_with_skipped_steps(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    env = {
+        "RLHF_SMOKE": "1",
+        "RLHF_OUTPUT_DIR": str(tmp_path / "out"),
+        "RLHF_PRECISION": "fp16",
+        "RLHF_INIT_LOSS_SCALE": str(2.0**24),
+        "HF_HUB_OFFLINE": "1",
+        "MPLBACKEND": "Agg",
+        "RLHF_SAVE_WORSE_MODEL": "1",  # runs this short are not meant to learn; they exercise the fp16 path
+        **STEPS,
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    checks = {
+        "1-SFT.ipynb": ("train", "train/loss", 1),
+        "2-RM Training.ipynb": ("train", "train/loss", 1),
+        "3-RLHF.ipynb": ("policy", "loss/policy", 8),
+    }  # PPO: 2 epochs x 4 minibatches per logged row
+    for notebook, (prefix, loss, per_row) in checks.items():
+        nb = nbformat.read(ROOT / notebook, as_version=4)
+        nb.cells.append(nbformat.v4.new_code_cell(HISTORY_CHECK.format(prefix=prefix, loss=loss, per_row=per_row)))
+        nbclient.NotebookClient(
+            nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        ).execute()
+        printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+        assert "fp16 check:" in printed, printed
+    assert ru.verify_checkpoint(tmp_path / "out" / "ppo_policy")["kind"] == "causal_lm"
