@@ -7,15 +7,15 @@ iterations on random prompts, and prints one table per mode.
     python benchmarks/ppo_bench.py --size tiny --device cpu --threads 2 --compare
     python benchmarks/ppo_bench.py --size gpt2 --device cuda --json benchmarks/results/gpt2_cuda.json
 
-One iteration is the notebook's loop, calling the same rlhf_utils functions:
+--mode fast runs one iteration of 3-RLHF.ipynb's own loop cell (tagged "ppo-loop"), executed as the notebook runs
+it; the phases are timed where the cell reads its clocks (ru.device_clock), and it writes no checkpoint:
   generation     (1) sample one response per prompt with the KV cache        ru.generate
   scoring        (2) reward-model scores, normalised, minus the missing-EOS penalty; (3) one no-grad
                  pass of the policy (log-probs, values, entropy) and one of the reference; (4) the
                  KL-shaped rewards; (5) GAE and whitened advantages     ru.score_responses, ru.policy_forward,
                                                                         ru.response_logprobs, ru.compute_gae ...
   optimisation   (6) ppo_epochs x (batch / minibatch) steps of the clipped policy loss + vf_coef x the
-                 clipped value loss, clipped gradients; (7) statistics read back once, and the adaptive
-                 KL coefficient's update                                ru.ppo_policy_loss, ru.optimizer_step ...
+                 clipped value loss, clipped gradients                  ru.ppo_policy_loss, ru.optimizer_step ...
 
 --mode plain runs the same algorithm the way a first implementation would write it (PLAIN_DIFFERENCES
 lists every difference); --compare runs both, interleaving their iterations, and prints the ratio.
@@ -26,11 +26,13 @@ threads on two busy cores wait for each other (10x slower); measure on an idle m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
-from rlhf_support.errors import ConfigError
+from rlhf_support.errors import ConfigError  # noqa: E402
+from rlhf_support.notebook_cells import run_tagged_cell  # noqa: E402
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "3-RLHF.ipynb"
 
 # GPT2Config sizes. Dropout is off, as in PPO (the rollout and the update must see the same policy).
 MODEL_SIZES: dict[str, dict[str, int]] = {
@@ -228,6 +233,44 @@ def random_prompts(
     return ru.pad_batch(rows, pad_id, side="left")
 
 
+class RolloutDone(Exception):
+    """Raised at the end of the rollout (--only-rollout): the iteration stops before its PPO epochs."""
+
+
+class LoopHooks:
+    """`ru` as the notebook's loop cell sees it in the benchmark: the same module, except that each of the cell's
+    four clock readings (start, generated, scored, optimised) also moves the phase clock on, and no checkpoint is due."""
+
+    PHASES = ("generation", "scoring", "optimisation", None)
+
+    def __init__(self, only_rollout: bool, rollout_chunk: int | None):
+        self.only_rollout, self.rollout_chunk, self.clock, self.reading = only_rollout, rollout_chunk, None, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ru, name)
+
+    def device_clock(self, device: torch.device) -> float:
+        phase = self.PHASES[self.reading % 4]
+        self.reading += 1
+        if self.only_rollout and phase == "optimisation":
+            raise RolloutDone
+        self.clock.begin(phase)
+        return ru.device_clock(device)
+
+    def checkpoint_due(self, *args: Any) -> bool:
+        return False
+
+    def _chunk(self, chunk_size: int | None) -> int | None:
+        """--rollout-chunk N: the no-grad passes in chunks of N rows (0: the whole batch) instead of the cell's."""
+        return chunk_size if chunk_size is None or self.rollout_chunk is None else (self.rollout_chunk or None)
+
+    def policy_forward(self, *args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
+        return ru.policy_forward(*args, chunk_size=self._chunk(chunk_size), **kwargs)
+
+    def response_logprobs(self, *args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
+        return ru.response_logprobs(*args, chunk_size=self._chunk(chunk_size), **kwargs)
+
+
 class PPOBench:
     """One PPO setup (models, optimiser, KL controller) and its iteration, fast or plain."""
 
@@ -259,6 +302,20 @@ class PPOBench:
         self.score_mean, self.score_std = 0.0, 1.0  # saved beside a trained reward model; identity here
         self.generator = torch.Generator(device).manual_seed(seed)
         self.prompt_generator = torch.Generator().manual_seed(seed + 1)
+        self.hooks, self.namespace, self.done = LoopHooks(only_rollout, rollout_chunk), None, 0
+        if mode == "fast":  # the variables the notebook's earlier cells define, for its loop cell
+            prompt_rows = [
+                random_prompts(shapes, self.vocab_size, self.pad_id, self.prompt_generator) for _ in range(8)
+            ]
+            self.namespace = dict(
+                ru=self.hooks, torch=torch, time=time, display=lambda *args, **kwargs: None, device=device,
+                precision=self.precision, policy=self.policy, ref_policy=self.ref_policy, reward_model=self.reward_model,
+                tokenizer=argparse.Namespace(pad_token_id=self.pad_id, eos_token_id=self.eos_id),
+                train_prompts=[row[mask.bool()].tolist() for ids, masks in prompt_rows for row, mask in zip(ids, masks)],
+                score_mean=self.score_mean, score_std=self.score_std, reward_threshold=0.0, optimizer=self.optimizer,
+                scaler=self.scaler, kl_controller=self.kl_ctl, generator=self.generator, history=ru.History(),
+                judge=None, curve_prompt_ids=[], run_signature={},
+            )  # fmt: skip
 
     def prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """A fresh batch of random prompts on the device."""
@@ -317,69 +374,71 @@ class PPOBench:
     # --- one iteration ----------------------------------------------------------------------
 
     def iteration(self, clock: PhaseClock) -> dict[str, float]:
-        """One PPO iteration of 3-RLHF.ipynb's loop, timed by phase; returns its statistics."""
-        cfg, fast, autocast = self.cfg, self.mode == "fast", self.precision.autocast
+        """One PPO iteration, timed by phase; returns its statistics. Fast: the notebook's own loop cell."""
+        if self.mode == "fast":
+            return self.notebook_iteration(clock)
+        return self.plain_iteration(clock)
+
+    def notebook_iteration(self, clock: PhaseClock) -> dict[str, float]:
+        """One iteration of 3-RLHF.ipynb's loop cell, executed as it is."""
+        ns, cfg = self.namespace, self.cfg
+        self.hooks.clock, self.hooks.reading = clock, 0
+        ns.update(
+            cfg=dataclasses.replace(cfg, num_iterations=self.done + 1, curve_prompts=0, samples_every=10**9),
+            start_iteration=self.done,
+        )
+        try:
+            run_tagged_cell(NOTEBOOK, "ppo-loop", ns)
+        except RolloutDone:  # --only-rollout: stopped before the PPO epochs, which take no time then
+            clock.begin("optimisation")
+            clock.begin(None)
+            kl = ns["kl"].sum(1).mean().item()
+            return {"kl": kl, "score": ns["scores"].mean().item(),
+                    "generated_tokens": ns["response_mask"].sum().item(), "loss": 0.0, "update_tokens": 0}  # fmt: skip
+        finally:
+            ns["bar"].close()
+        self.done += 1
+        last = ns["history"].rows[-1]
+        return {
+            "kl": last["objective/kl"],
+            "score": last["env/score_mean"],
+            "generated_tokens": last["env/response_length"] * cfg.batch_size,
+            "loss": last["loss/policy"] + cfg.vf_coef * last["loss/value"],
+            "update_tokens": cfg.ppo_epochs * cfg.batch_size * ns["query_responses"].shape[1],
+        }
+
+    def plain_iteration(self, clock: PhaseClock) -> dict[str, float]:
+        """One PPO iteration written the plain way (PLAIN_DIFFERENCES), timed by phase; returns its statistics.
+
+        The same steps as the notebook's loop; only how each step is computed differs."""
+        cfg = self.cfg
         prompt_ids, prompt_mask = self.prompts()  # (B, P)
         response_start = prompt_ids.shape[1]
         self.policy.eval()  # dropout off, as in the notebook: the rollout and the update see the same policy
 
         # (1) Sample one response per prompt
         clock.begin("generation")
-        if fast:
-            responses, response_mask = ru.generate(
-                self.policy.lm,
-                prompt_ids,
-                prompt_mask,
-                cfg.response_length,
-                self.eos_id,
-                self.pad_id,
-                temperature=cfg.temperature,
-                top_k=0,
-                generator=self.generator,
-                precision=self.precision,
-            )  # (B, R)
-        else:
-            with torch.no_grad():
-                responses, response_mask = self.generate_plain(prompt_ids, prompt_mask)
+        with torch.no_grad():
+            responses, response_mask = self.generate_plain(prompt_ids, prompt_mask)
         query_responses = torch.cat([prompt_ids, responses], 1)  # (B, P + R)
         attention_mask = torch.cat([prompt_mask, response_mask], 1)  # (B, P + R)
 
         # (2) Score, normalise, penalise a missing EOS; (3) log-probs and values of policy and reference
         clock.begin("scoring")
-        with torch.no_grad(), autocast():
-            raw_scores = ru.score_responses(
-                self.reward_model, prompt_ids, prompt_mask, responses, response_mask
-            )  # (B,)
-            scores = (raw_scores - self.score_mean) / self.score_std
+        with torch.no_grad():
+            raw_scores = ru.score_responses(self.reward_model, prompt_ids, prompt_mask, responses, response_mask)
+            scores = (raw_scores - self.score_mean) / self.score_std  # (B,)
             has_eos = ru.ends_with_eos(responses, response_mask, self.eos_id)  # (B,)
             scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-            if fast:
-                logprobs, values, entropy = ru.policy_forward(
-                    self.policy,
-                    query_responses,
-                    attention_mask,
-                    response_start,
-                    cfg.temperature,
-                    chunk_size=self.rollout_chunk,
-                )  # (B, R) each
-                ref_logprobs = ru.response_logprobs(
-                    self.ref_policy,
-                    query_responses,
-                    attention_mask,
-                    response_start,
-                    cfg.temperature,
-                    chunk_size=self.rollout_chunk,
-                )  # (B, R)
-            else:
-                logprobs, values, entropy = self.policy_forward_plain(query_responses, attention_mask, response_start)
-                ref_logprobs = self.ref_logprobs_plain(query_responses, attention_mask, response_start)
+            logprobs, values, entropy = self.policy_forward_plain(query_responses, attention_mask, response_start)
+            ref_logprobs = self.ref_logprobs_plain(query_responses, attention_mask, response_start)
         # (4) KL-shaped rewards; (5) GAE and whitened advantages
         rewards, kl = ru.compute_rewards(scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value)  # (B, R)
         advantages, returns = ru.compute_gae(values, rewards, response_mask, cfg.gamma, cfg.lam)  # (B, R)
         if cfg.whiten_advantages:
             advantages = ru.masked_whiten(advantages, response_mask)
 
-        # (6) PPO epochs over shuffled minibatches
+        # (6) PPO epochs over shuffled minibatches, each minibatch's statistics read back at once
         clock.begin("optimisation")
         mb_stats = []
         for _ in range(0 if self.only_rollout else cfg.ppo_epochs):
@@ -387,67 +446,31 @@ class PPOBench:
             for mb_start in range(0, cfg.batch_size, cfg.minibatch_size):
                 mb = order[mb_start : mb_start + cfg.minibatch_size]
                 mb_mask = response_mask[mb]
-                with autocast():
-                    if fast:
-                        mb_logprobs, mb_values, _ = ru.policy_forward(
-                            self.policy,
-                            query_responses[mb],
-                            attention_mask[mb],
-                            response_start,
-                            cfg.temperature,
-                            with_entropy=False,
-                        )
-                    else:
-                        mb_logprobs, mb_values, _ = self.policy_forward_plain(
-                            query_responses[mb], attention_mask[mb], response_start
-                        )
-                pg_loss, pg_stats = ru.ppo_policy_loss(
-                    mb_logprobs, logprobs[mb], advantages[mb], mb_mask, cfg.clip_range
+                mb_logprobs, mb_values, _ = self.policy_forward_plain(
+                    query_responses[mb], attention_mask[mb], response_start
                 )
-                vf_loss, vf_stats = ru.ppo_value_loss(mb_values, values[mb], returns[mb], mb_mask, cfg.clip_range_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                grad_norm = ru.optimizer_step(
-                    loss, self.optimizer, self.scaler, self.policy.parameters(), cfg.max_grad_norm
+                pg_loss, _ = ru.ppo_policy_loss(mb_logprobs, logprobs[mb], advantages[mb], mb_mask, cfg.clip_range)
+                vf_loss, _ = ru.ppo_value_loss(mb_values, values[mb], returns[mb], mb_mask, cfg.clip_range_value)
+                ru.optimizer_step(
+                    pg_loss + cfg.vf_coef * vf_loss,
+                    self.optimizer,
+                    self.scaler,
+                    self.policy.parameters(),
+                    cfg.max_grad_norm,
                 )
-                stats = torch.stack(
-                    [
-                        pg_loss.detach(),
-                        vf_loss.detach(),
-                        pg_stats["clipfrac"],
-                        pg_stats["approx_kl"],
-                        vf_stats["clipfrac"],
-                        grad_norm.float(),
-                    ]
-                )
-                mb_stats.append(stats if fast else stats.tolist())  # plain: a read-back (sync) per minibatch
+                mb_stats.append([pg_loss.item(), vf_loss.item()])  # a read-back (device sync) per minibatch
 
-        # (7) Statistics, read back once (fast), and the KL coefficient's update
-        kl_per_sequence = kl.sum(1)  # (B,)
-        rollout = torch.stack(
-            [
-                scores.mean(),
-                scores.std(),
-                raw_scores.mean(),
-                (raw_scores > 0).float().mean(),
-                has_eos.float().mean(),
-                response_mask.sum(1).float().mean(),
-                kl_per_sequence.mean(),
-                (scores - self.kl_ctl.value * kl_per_sequence).mean(),
-                ru.masked_mean(entropy, response_mask),
-                ru.explained_variance(values, returns, response_mask),
-            ]
-        ).tolist()
-        mean_stats = (
-            (torch.stack(mb_stats) if fast else torch.tensor(mb_stats)).mean(0).tolist() if mb_stats else [0.0] * 6
-        )  # --only-rollout: no update
-        ru.stop_if_diverged("PPO benchmark", 0, policy_loss=mean_stats[0], value_loss=mean_stats[1], kl=rollout[6])
-        self.kl_ctl.update(rollout[6], cfg.batch_size)
+        # (7) Statistics, and the KL coefficient's update
+        kl_per_sequence = kl.sum(1).mean().item()
+        policy_loss, value_loss = torch.tensor(mb_stats).mean(0).tolist() if mb_stats else (0.0, 0.0)
+        ru.stop_if_diverged("PPO benchmark", 0, policy_loss=policy_loss, value_loss=value_loss, kl=kl_per_sequence)
+        self.kl_ctl.update(kl_per_sequence, cfg.batch_size)
         clock.begin(None)
         return {
-            "kl": rollout[6],
-            "score": rollout[0],
-            "generated_tokens": rollout[5] * cfg.batch_size,
-            "loss": mean_stats[0] + cfg.vf_coef * mean_stats[1],
+            "kl": kl_per_sequence,
+            "score": scores.mean().item(),
+            "generated_tokens": response_mask.sum().item(),
+            "loss": policy_loss + cfg.vf_coef * value_loss,
             "update_tokens": cfg.ppo_epochs * cfg.batch_size * query_responses.shape[1],
         }
 
