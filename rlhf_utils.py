@@ -231,13 +231,13 @@ def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
     return math.ceil(warmup_ratio * total_steps)
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """Learning-rate multiplier per step: linear warmup from 0, then cosine, linear or no decay."""
+def lr_lambda(schedule: str, warmup: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warmup from 0 over `warmup` steps, then cosine, linear or no decay."""
 
     def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        done = min((step - warmup_steps) / max(1, total_steps - warmup_steps), 1.0)  # share of the decay behind us
+        if step < warmup:
+            return (step + 1) / warmup
+        done = min((step - warmup) / max(1, total_steps - warmup), 1.0)  # share of the decay behind us
         if schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * done))
         if schedule == "linear":

@@ -28,7 +28,7 @@ HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # what the hub accepts 
 
 def param(
     default: Any,
-    help: str,
+    explanation: str,
     bounds: str | None = None,
     choices: Sequence[str] | None = None,
     nonempty: bool = False,
@@ -43,7 +43,13 @@ def param(
     """
     return field(
         default=default,
-        metadata={"help": help, "bounds": bounds, "choices": choices, "nonempty": nonempty, "training": training},
+        metadata={
+            "help": explanation,
+            "bounds": bounds,
+            "choices": choices,
+            "nonempty": nonempty,
+            "training": training,
+        },
     )
 
 

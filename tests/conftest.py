@@ -3,6 +3,9 @@
 Nothing here touches outputs/ or the real SST-2: every asset is built by rlhf_utils itself.
 """
 
+import contextlib
+import ctypes
+import gc
 import logging
 import os
 import sys
@@ -165,3 +168,18 @@ def under_a_file(tmp_path: Path) -> str:
     """A folder path that cannot be created: its parent is a file."""
     (tmp_path / "a_file").write_text("not a folder")
     return str(tmp_path / "a_file" / "sub")
+
+
+def give_freed_memory_back() -> None:
+    """Return the memory freed so far to the system (glibc's malloc_trim), so the resident set is what is in use."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+@pytest.fixture
+def memory_given_back():
+    """For a test that holds gigabytes: after it, the memory goes back to the system, so that later tests that
+    measure the process's peak memory start from where they would without it."""
+    yield
+    give_freed_memory_back()

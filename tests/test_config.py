@@ -363,3 +363,25 @@ def test_fp16_on_a_cpu_is_the_t4_path():
         out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
     assert out.dtype == torch.float16
     assert ru.resolve_precision(torch.device("cpu"), "auto", "full").name == "fp32"  # never chosen by 'auto'
+
+
+def test_the_support_package_never_imports_the_teaching_core_and_has_no_cycles():
+    """rlhf_utils (what the notebooks teach) may use rlhf_support (the plumbing); never the reverse."""
+    import ast
+
+    graph = {}
+    for path in sorted((ROOT / "rlhf_support").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        absolute = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        absolute |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module}
+        assert not {m for m in absolute if m.split(".")[0] == "rlhf_utils"}, path.name
+        graph[path.stem] = imported | {m.split(".", 1)[1] for m in absolute if m.startswith("rlhf_support.")}
+
+    def reaches(start: str, seen: tuple[str, ...] = ()) -> None:
+        for module in graph.get(start, ()):
+            assert module not in seen + (start,), f"import cycle: {' -> '.join(seen + (start, module))}"
+            reaches(module, seen + (start,))
+
+    for module in graph:
+        reaches(module)

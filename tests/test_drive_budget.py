@@ -16,9 +16,6 @@ saved folder), and how Drive keeps earlier revisions of a file that is overwritt
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import os
 import shutil
 from pathlib import Path
@@ -141,17 +138,7 @@ def replay_the_series(drive: StandInDrive, tokenizer, ppo_minutes: float) -> lis
     return saved
 
 
-@pytest.fixture
-def give_memory_back():
-    """The replay holds GPT-2 small and AdamW's moments (2.5 GB): hand the freed memory back to the system after it,
-    so that later tests that measure the process's peak memory start from where they would without it."""
-    yield
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-@pytest.mark.usefixtures("give_memory_back")
+@pytest.mark.usefixtures("memory_given_back")
 def test_one_full_profile_series_fits_a_free_drive(tmp_path, monkeypatch, tokenizer, capsys):
     drive = StandInDrive(tmp_path, monkeypatch)
     saved = replay_the_series(drive, tokenizer, T4_TARGET_PPO_MINUTES)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from conftest import MIXED_LENGTH_PROMPTS
+from conftest import MIXED_LENGTH_PROMPTS, give_freed_memory_back
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -262,6 +262,7 @@ def test_the_benchmarks_cpu_memory_peak_sees_a_temporary_tensor():
     cpu = torch.device("cpu")
     if not ppo_bench.reset_peak_memory(cpu):
         pytest.skip("this kernel does not let a process reset its peak RSS (/proc/self/clear_refs)")
+    give_freed_memory_back()  # memory earlier tests freed would otherwise serve the temporary without a new page
     clock = ppo_bench.PhaseClock(cpu)
     clock.begin("small")
     clock.begin("big")
