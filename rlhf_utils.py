@@ -1,4 +1,4 @@
-"""rlhf_utils.py: the shared, tested helpers of the "RLHF in Notebooks" series.
+"""rlhf_utils.py: the teaching core of the "RLHF in Notebooks" series, every piece the notebooks teach, tested.
 
 The three notebooks teach; this module holds the one implementation of each piece they teach,
 so that the tests in `tests/` check exactly the code the notebooks run. It reads top to bottom
