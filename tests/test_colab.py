@@ -208,7 +208,10 @@ def fresh_colab_python(runtime: Path) -> Path:
     environment, so what the setup cell installs in one runtime is gone in the next, as in Colab."""
     copy = runtime / "python-env"
     runtime.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cp", "-al", str(colab_environment()), str(copy)], check=True)
+    linked = subprocess.run(["cp", "-al", str(colab_environment()), str(copy)], capture_output=True)
+    if linked.returncode != 0:  # another filesystem than the cache's: a real copy (slower, 5 GB)
+        shutil.rmtree(copy, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(colab_environment()), str(copy)], check=True)
     return copy / "bin" / "python"
 
 
