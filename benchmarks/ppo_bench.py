@@ -286,7 +286,6 @@ class PPOBench:
         only_rollout: bool = False,
     ):
         self.size, self.shapes, self.device, self.mode = size, shapes, device, mode
-        self.rollout_chunk = shapes.minibatch_size if rollout_chunk is None else rollout_chunk  # 0: whole batch
         self.only_rollout = only_rollout
         self.precision = precision if mode == "fast" else ru.Precision(device, None, False)
         self.cfg = ppo_config(shapes)

@@ -115,6 +115,11 @@ def _writer_gone(temporary: Path, final_name: str) -> bool:
     return time.time() - changed > STALE_ELSEWHERE_S
 
 
+def spare_folder(final_dir: Path) -> Path:
+    """Where the previous version of `final_dir` is kept, as the spare the next save overwrites: <final_dir>.old."""
+    return Path(str(final_dir) + ".old")
+
+
 def recover_checkpoint(final_dir: str | Path) -> Path:
     """Finish or undo a save of `final_dir` that was cut off part-way; returns final_dir.
 
@@ -126,7 +131,7 @@ def recover_checkpoint(final_dir: str | Path) -> Path:
     another runtime may still be writing is left alone.
     """
     final_dir = Path(final_dir)
-    old = Path(str(final_dir) + ".old")
+    old = spare_folder(final_dir)
     parent = final_dir.parent
     temporaries = [p for p in parent.glob(final_dir.name + ".tmp-*") if p.is_dir()] if parent.is_dir() else []
     stale = [p for p in temporaries if _writer_gone(p, final_dir.name)]
@@ -156,7 +161,7 @@ def _reuse_as_temporary(final_dir: Path, tmp: Path) -> set[Path]:
     Files are truncated, not deleted, so the writers below overwrite them in place (on Drive: the same files, nothing
     to the Trash). Returns the files found there; those still empty after the save were not written again.
     """
-    old = Path(str(final_dir) + ".old")
+    old = spare_folder(final_dir)
     if not tmp.exists() and old.is_dir():
         old.rename(tmp)
     tmp.mkdir(exist_ok=True)
@@ -164,6 +169,12 @@ def _reuse_as_temporary(final_dir: Path, tmp: Path) -> set[Path]:
     for path in found:
         os.truncate(path, 0)
     return found
+
+
+def _timestamp() -> str:
+    """Now, to the nanosecond, from one clock reading: manifests sort by it (which of two saves is newer)."""
+    now = time.time_ns()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now // 10**9)) + f".{now % 10**9:09d}"
 
 
 def _set_aside(folder: Path) -> None:
@@ -184,7 +195,7 @@ def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = Non
     `recover_checkpoint` (run by every loader and by the next save) finds a complete version, old or new.
     """
     final_dir = Path(final_dir)
-    tmp = Path(str(final_dir) + f".tmp-{host_id()}-{os.getpid()}")
+    tmp, old = Path(str(final_dir) + f".tmp-{host_id()}-{os.getpid()}"), spare_folder(final_dir)
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         recover_checkpoint(final_dir)
@@ -207,7 +218,7 @@ def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = Non
                 files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
         manifest = {
             "format": 1,
-            "written": time.strftime("%Y-%m-%d %H:%M:%S") + f".{time.time_ns() % 10**9:09d}",
+            "written": _timestamp(),
             "meta": dict(meta or {}),
             "files": files,
         }
@@ -215,14 +226,12 @@ def atomic_directory(final_dir: str | Path, meta: Mapping[str, Any] | None = Non
             json.dump(manifest, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        old = Path(str(final_dir) + ".old")
         if final_dir.exists():
             if old.exists():  # a spare another runtime left meanwhile: removing it must never fail this save
                 _set_aside(old)
             final_dir.rename(old)  # the previous version stays complete until the new one is in place
         tmp.rename(final_dir)
     except BaseException as error:
-        old = Path(str(final_dir) + ".old")
         if tmp.exists():
             if final_dir.exists() and not old.exists():
                 tmp.rename(old)  # kept as the spare, as the save found it (emptied)

@@ -119,7 +119,7 @@ def colab_install(requirements: str | Path = "requirements.txt", log: str | Path
     if not plan:
         print("Colab already has everything the series needs: nothing installed.")
         return plan
-    held = colab_constraints()
+    imported, held = imported_distributions(), colab_constraints()
     with tempfile.NamedTemporaryFile("w", suffix="-constraints.txt", delete=False) as constraints:
         constraints.write("".join(f"{name}=={version}\n" for name, version in sorted(held.items())))
     started = time.perf_counter()
@@ -145,11 +145,8 @@ def colab_install(requirements: str | Path = "requirements.txt", log: str | Path
         if line.startswith(("WARNING: pip", "ERROR", "Successfully installed")) or "conflict" in line.lower():
             print(line)
     print(f"installed {', '.join(plan)} in {time.perf_counter() - started:.0f} s (pip's output: {log})")
-    changed = [
-        f"{name} {before} -> {_installed_version(name)}"
-        for name, before in held.items()
-        if _installed_version(name) != before and name in imported_distributions()
-    ]
+    now = {name: _installed_version(name) for name in imported}
+    changed = [f"{name} {before} -> {now[name]}" for name, before in imported.items() if now[name] != before]
     if changed:
         raise RLHFError(
             f"Already imported, and changed by the install: {', '.join(changed)}. This kernel still runs "

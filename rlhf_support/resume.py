@@ -223,7 +223,7 @@ def ppo_write_plan(cfg: PPOConfig, minutes: Sequence[float] = (20, 30, 40)) -> s
     weights = sum(entry["bytes"] for name, entry in files.items() if name.endswith(".safetensors"))
     policy = sum(entry["bytes"] for entry in files.values())
     checkpoint = ppo_checkpoint_bytes(weights)
-    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"  # noqa: E731
+    gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
     where = (
         " (on Google Drive)"
         if in_colab() and Path(cfg.output_dir).resolve().is_relative_to(_drive_mount_point().resolve())

@@ -586,3 +586,11 @@ def test_a_spare_that_cannot_be_removed_never_fails_a_save(tmp_path, monkeypatch
     assert ru.verify_checkpoint(folder) == {"step": 2}
     assert ru.verify_checkpoint(folder.with_name("ckpt.old"), recover=False) == {"step": 1}
     assert len(list(tmp_path.glob("ckpt.old-set-aside-*"))) == 1
+
+
+def test_manifest_times_sort_like_the_clock_across_a_second(monkeypatch):
+    """Recovery keeps the newest complete version by its manifest's time: one reading gives seconds and fraction."""
+    readings = iter([1_700_000_000 * 10**9 + 999_999_999, 1_700_000_001 * 10**9 + 1])
+    monkeypatch.setattr(time, "time_ns", lambda: next(readings))
+    earlier, later = checkpoints._timestamp(), checkpoints._timestamp()
+    assert earlier < later and earlier.endswith(".999999999") and later.endswith(".000000001")
