@@ -93,6 +93,11 @@ from rlhf_support.device import (  # noqa: F401
 from rlhf_support.errors import (  # noqa: F401
     RLHFError,
 )
+from rlhf_support.exercises import (  # noqa: F401
+    CheckResult,
+)
+from rlhf_support.exercises import check as check_against_reference
+from rlhf_support.exercises import solution as show_solution  # noqa: F401
 from rlhf_support.guards import (  # noqa: F401
     data_fingerprint,
     save_unless_worse,
@@ -102,6 +107,9 @@ from rlhf_support.hub import (  # noqa: F401
     load_causal_lm,
     load_tokenizer,
     push_folder_to_hub,
+)
+from rlhf_support.loop import (  # noqa: F401
+    LoopBook,
 )
 from rlhf_support.profiles import (  # noqa: F401
     prepare_profile,
@@ -322,6 +330,11 @@ def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * positions).argmax(-1)  # (B,)
 
 
+def score_at_last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's scalar at its last real token (B, T) -> (B,): the token that has read the whole text."""
+    return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
+
+
 def attention_mask_4d(model: nn.Module, attention_mask: torch.Tensor, query_length: int = 0) -> torch.Tensor:
     """The (B, 1, Q, K) boolean mask of SDPA attention: a query sees the real (mask 1) keys at or before it.
 
@@ -359,7 +372,7 @@ class ScalarHead(nn.Module):
 class ScalarHeadModel(nn.Module):
     """A GPT-2 trunk with a scalar head: one scalar per position, (B, T).
 
-    Read at the last real token it is the reward model's score r(x); read at every response position
+    Read at the last real token it is the reward model's score s(x); read at every response position
     it is a value function V(s_t).
     """
 
@@ -383,9 +396,8 @@ class ScalarHeadModel(nn.Module):
         return self.head(hidden).float()  # (B, T)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The score r(x): the scalar at each row's last real token, (B,)."""
-        values = self(input_ids, attention_mask)  # (B, T)
-        return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
+        """The score s(x): the scalar at each row's last real token, (B,)."""
+        return score_at_last_token(self(input_ids, attention_mask), attention_mask)  # (B,)
 
 
 class PolicyWithValueHead(nn.Module):
@@ -695,6 +707,15 @@ def sample_continuations(
     return texts, torch.cat(ended) if ended else torch.zeros(0, dtype=torch.bool)
 
 
+def sample_prompts(
+    prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of prompts drawn with replacement, left-padded (so responses start at one column): both (B, P)."""
+    picks = torch.randint(len(prompts), (batch_size,), generator=generator, device=device).tolist()
+    prompt_ids, prompt_mask = pad_batch([prompts[i] for i in picks], pad_id, side="left")
+    return prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
+
+
 def make_prompts(
     sentences: Sequence[str], tokenizer: Any, min_tokens: int = 2, max_tokens: int = 8, seed: int = 0
 ) -> list[list[int]]:
@@ -844,7 +865,8 @@ class AdaptiveKLController:
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        """Raise beta when the KL is above target, lower it when below, by at most 20% per horizon."""
+        """Raise beta when the KL is above target, lower it when below: each update by a factor of at most
+        1 +- 0.2 n_steps/horizon, so over one horizon of steps at most e^0.2 = 1.22x up or e^-0.2 = 0.82x down."""
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
 
@@ -964,6 +986,22 @@ def score_responses(
     return reward_model.score(input_ids, attention_mask)  # (B,)
 
 
+def minibatch_stats(
+    pg_loss: torch.Tensor,
+    vf_loss: torch.Tensor,
+    pg_stats: Mapping[str, torch.Tensor],
+    vf_stats: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """One minibatch step's losses and clip statistics, as scalar tensors (read back once per iteration)."""
+    return {
+        "loss/policy": pg_loss.detach(),
+        "loss/value": vf_loss.detach(),
+        "policy/clipfrac": pg_stats["clipfrac"],
+        "policy/approx_kl": pg_stats["approx_kl"],
+        "value/clipfrac": vf_stats["clipfrac"],
+    }
+
+
 def ppo_metrics(
     raw_scores: torch.Tensor,
     positive: torch.Tensor,
@@ -1013,10 +1051,39 @@ def distinct_n(texts: Sequence[str], n: int = 2) -> float:
     """Distinct-n: distinct word n-grams / all word n-grams over the texts (each text's own n-grams; 0 if none).
 
     1.0 = no n-gram repeats anywhere; a policy that collapses onto a few phrases scores near 0.
-    Words are whitespace-separated, as in SST-2's tokenised text.
+    Words are whitespace-separated, as in SST-2's tokenised text. It falls as texts are added (more chances to
+    repeat) and rises as they get shorter (fewer n-grams): compare it only over the same number of texts.
     """
     grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+DISTINCT_GROUP = 128  # texts per distinct-n group: the curve's 128 prompts and the final 871 are measured alike
+
+
+def grouped_distinct_n(texts: Sequence[str], n: int = 2, group: int = DISTINCT_GROUP) -> float:
+    """Mean `distinct_n` over consecutive groups of `group` texts (a shorter last group is dropped unless it is the
+    only one), so that 128 responses and 871 responses are measured on the same scale."""
+    starts = range(0, len(texts) - group + 1, group) if len(texts) >= group else [0]
+    return float(np.mean([distinct_n(texts[start : start + group], n) for start in starts]))
+
+
+def repeats_a_word(text: str, times: int = 3) -> bool:
+    """Whether some word occurs at least `times` times in the text: the signature of a collapsed policy."""
+    words = text.split()
+    return any(words.count(word) >= times for word in set(words))
+
+
+def binomial_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95% interval (z = 1.96) for a share measured on n independent yes/no verdicts: (low, high).
+
+    On 128 prompts one prompt is 0.8 points, and a share near 70% is known to about +-8 points.
+    """
+    if n <= 0:
+        raise ValueError(f"binomial_interval needs n >= 1 verdicts, got {n}.")
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 class SentimentJudge:
@@ -1073,7 +1140,8 @@ def evaluate_policy(
     BCE, a median for a pairwise model), the judge's score of the same text, whether the response ends with
     EOS, the KL to `ref_lm` (sum over response tokens of log pi - log pi_ref, at `temperature`) and the
     reference's negative log-likelihood at temperature 1. Summary: the means and shares of those, the
-    reference perplexity exp(total NLL / tokens), the mean response length and distinct-2 (`distinct_n`).
+    reference perplexity exp(total NLL / tokens), the mean response length, distinct-2 (`grouped_distinct_n`) and the
+    share of responses repeating a word 3+ times (`repeats_a_word`).
     Log-prob passes run in chunks of `chunk_size` rows (default: batch_size).
     """
     import pandas as pd
@@ -1142,7 +1210,8 @@ def evaluate_policy(
             "ref_perplexity": math.exp(table["ref_nll"].sum() / max(1, table["length"].sum())),
             "eos_share": float(table["ends_with_eos"].mean()),
             "response_length": float(table["length"].mean()),
-            "distinct_2": distinct_n(table["response"], 2),
+            "distinct_2": grouped_distinct_n(list(table["response"]), 2),
+            "repeat_share": float(table["response"].map(repeats_a_word).mean()),
         }
     )
     return summary, table
@@ -1181,7 +1250,15 @@ def curve_metrics(
     )
     return {
         f"curve/{name}": summary[name]
-        for name in ("positive_share", "judge_positive_share", "kl_to_ref", "distinct_2", "eos_share", "raw_score_mean")
+        for name in (
+            "positive_share",
+            "judge_positive_share",
+            "kl_to_ref",
+            "distinct_2",
+            "repeat_share",
+            "eos_share",
+            "raw_score_mean",
+        )
     }
 
 
@@ -1208,75 +1285,131 @@ def sample_table(
     return pd.DataFrame(table)
 
 
-# Rules of thumb for reading a PPO run, with the numbers notebook 3 (section 5) explains. They come from PPO
-# practice (the logs of OpenAI's baselines, [Huang24]'s runs, CleanRL's defaults), not from a theorem: a value
-# outside them is a reason to look, not a verdict. (metric, summary, low, high, what outside the range usually means)
-PPO_RULES_OF_THUMB: list[tuple[str, str, float, float, str]] = [
-    (
-        "policy/clipfrac",
-        "mean",
-        0.0,
-        0.3,
-        "above 0.3: the updates are large; most of the batch hits the clip (lower learning_rate or ppo_epochs)",
-    ),
-    (
-        "policy/approx_kl",
-        "mean",
-        0.0,
-        0.05,
-        "above 0.05 nats per token: each epoch moves the policy far from the one "
-        "that sampled, so the clipped objective no longer describes the update (lower learning_rate)",
-    ),
-    (
-        "value/explained_variance",
-        "last quarter",
-        0.2,
-        1.0,
-        "below 0.2: the value head predicts the returns little "
-        "better than a constant, and the advantages are mostly noise (raise vf_coef, or train longer); below 0: worse",
-    ),
-    (
-        "policy/entropy",
-        "last / first",
-        0.3,
-        1.5,
-        "below 0.3 of its start: the policy collapsed onto a few "
-        "continuations (raise the KL coefficient); above 1.5: it became more random than the SFT model",
-    ),
-    (
-        "objective/kl",
-        "last / target",
-        0.5,
-        2.0,
-        "far below the target: beta holds the policy back; far above: the "
-        "policy drifts faster than beta reacts (a smaller kl_horizon reacts sooner)",
-    ),
-]
+class HealthRule(typing.NamedTuple):
+    """One row of the health table: a metric, how the run is summarised, the healthy range, the range beyond which
+    the run is broken (None: outside the healthy range is a warning, never broken), and what each side means."""
+
+    metric: str
+    summary: str
+    healthy: tuple[float, float]
+    broken: tuple[float, float] | None
+    low_means: str
+    high_means: str
+    label: str = ""  # the row's name, where it is not the metric's
+
+
+INF = math.inf
+
+# Calibrated on measured runs of the cpu profile (notebook 3 on real SST-2, responses of at most 24 tokens, fixed
+# beta): 0.12 is healthy on every row, 0.03 drifts (KL ~10, entropy down to 0.6 of its start, more repeats), 0.005
+# collapses (strings of "and"). The KL bands are per sequence, so they hold for a fixed beta as for the adaptive
+# controller; a task with longer responses needs wider ones. They are reasons to look, not theorems.
+PPO_HEALTH_RULES: list[HealthRule] = [
+    HealthRule("objective/kl", "last quarter", (0.0, 6.0), (-INF, 15.0), "",
+               "the policy drifted far from the reference: raise beta (init_kl_coef) or stop earlier"),
+    HealthRule("policy/entropy", "last / first", (0.7, 1.5), (0.5, 3.0),
+               "the policy narrowed onto a few continuations: the first sign of collapse (raise beta)",
+               "the policy became more random than the SFT model (lower learning_rate)"),
+    HealthRule("curve/distinct_2", "last quarter", (0.85, 1.0), (0.6, 1.0),
+               "the responses repeat each other's word pairs (128 held-out responses): collapse", ""),
+    HealthRule("curve/repeat_share", "last quarter", (0.0, 0.03), (0.0, 0.15), "",
+               "many responses repeat a word 3+ times: reward hacking by repetition"),
+    HealthRule("env/response_length", "last / first", (0.5, 2.0), (0.25, 4.0),
+               "the responses shrank: short endings are cheap reward (watch distinct-2)",
+               "the responses grew long: check that they still end with EOS"),
+    HealthRule("policy/approx_kl", "mean", (0.0, 0.05), (-INF, 0.2), "",
+               "each epoch moves the policy far from the one that sampled: the clip no longer holds the update "
+               "(lower learning_rate or ppo_epochs)"),
+    HealthRule("policy/clipfrac", "mean", (0.0, 0.3), (-INF, 0.5), "",
+               "most of the batch hits the clip: the updates are large (lower learning_rate or ppo_epochs)"),
+    HealthRule("value/explained_variance", "last quarter", (0.2, 1.0), (0.0, 1.0),
+               "the value head predicts the returns little better than a constant, so the advantages are mostly "
+               "noise (raise vf_coef, train longer); below 0 it is worse than a constant", ""),
+    HealthRule("policy/grad_norm", "last quarter / max_grad_norm", (0.0, 3.0), None, "",
+               "the gradient sits far above the clip: every step is cut to max_grad_norm; look for a cause "
+               "(a large learning rate, unnormalised scores)"),
+]  # fmt: skip
+
+
+def _summarise(values: Sequence[float], summary: str, cfg: PPOConfig) -> float:
+    """A series (one value per logged iteration) summarised as a rule asks: mean, last quarter, last / first..."""
+    quarter = float(np.mean(values[-max(1, len(values) // 4) :]))
+    return {
+        "mean": float(np.mean(values)),
+        "last quarter": quarter,
+        "last / first": quarter / max(abs(values[0]), 1e-8),
+        "last quarter / max_grad_norm": quarter / cfg.max_grad_norm,
+        "last quarter / kl_target": quarter / cfg.kl_target,
+    }[summary]
 
 
 def ppo_health_table(history: History, cfg: PPOConfig) -> pd.DataFrame:
-    """The run's own values beside the rules of thumb (PPO_RULES_OF_THUMB): the healthy range, and what it means
-    where a value falls outside. The KL row applies to the adaptive controller only (a fixed beta has no target)."""
+    """The run's own values beside PPO_HEALTH_RULES: a verdict per row (healthy, warning, broken) and what a value
+    outside the healthy range means. The run's verdict is in `.attrs["verdict"]` (`ppo_run_verdict`)."""
     import pandas as pd
 
+    rules = list(PPO_HEALTH_RULES)
+    if cfg.adaptive_kl:  # the controller has a target: the KL should sit near it
+        rules.append(HealthRule("objective/kl", "last quarter / kl_target", (0.5, 2.0), None,
+                                "beta holds the policy back far below the target",
+                                "the policy drifts faster than beta reacts (a smaller kl_horizon reacts sooner)",
+                                "objective/kl vs kl_target"))  # fmt: skip
     rows = []
-    for metric, summary, low, high, meaning in PPO_RULES_OF_THUMB:
-        steps, values = history.series(metric)
-        if not values or (metric == "objective/kl" and not cfg.adaptive_kl):
+    for rule in rules:
+        _, values = history.series(rule.metric)
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
             continue
-        quarter = values[-max(1, len(values) // 4) :]
-        value = {
-            "mean": float(np.mean(values)),
-            "last quarter": float(np.mean(quarter)),
-            "last / first": float(np.mean(quarter)) / max(abs(values[0]), 1e-8),
-            "last / target": float(np.mean(quarter)) / cfg.kl_target,
-        }[summary]
+        value = _summarise(values, rule.summary, cfg)
+        low, high = rule.healthy
+        if low <= value <= high:
+            verdict, reading = "healthy", ""
+        else:
+            broken = rule.broken is not None and not rule.broken[0] <= value <= rule.broken[1]
+            verdict, reading = ("broken" if broken else "warning"), (rule.low_means if value < low else rule.high_means)
         rows.append(
             {
-                "metric": metric,
-                "this run": f"{value:.3g} ({summary})",
+                "metric": rule.label or rule.metric,
+                "this run": f"{value:.3g} ({rule.summary})",
                 "healthy": f"{low:g} to {high:g}",
-                "reading": "within the range" if low <= value <= high else meaning,
+                "broken beyond": "-" if rule.broken is None else f"{rule.broken[0]:g} to {rule.broken[1]:g}",
+                "verdict": verdict,
+                "reading": reading,
             }
         )
-    return pd.DataFrame(rows).set_index("metric")
+    table = pd.DataFrame(rows).set_index("metric")
+    verdicts = set(table["verdict"])
+    table.attrs["verdict"] = "broken" if "broken" in verdicts else "warned" if "warning" in verdicts else "healthy"
+    return table
+
+
+def ppo_run_verdict(history: History, cfg: PPOConfig) -> str:
+    """'healthy' (every row in range), 'warned' (some row outside its healthy range) or 'broken' (some row beyond
+    its broken range), from `ppo_health_table`."""
+    return ppo_health_table(history, cfg).attrs["verdict"]
+
+
+# -----------------------------------------------------------------------------
+# 7. Exercises: the learner's version of a piece, checked against the one above (all three notebooks)
+
+
+def exercise_references() -> dict[str, Callable[..., Any]]:
+    """The tested implementation each exercise compares with (the two formula exercises: their formula)."""
+    from rlhf_support import solutions
+
+    return {
+        "lm_labels": lm_labels,
+        "causal_lm_loss": causal_lm_loss,
+        "sft_probability": solutions.sft_probability,
+        "pairwise_reward_loss": pairwise_reward_loss,
+        "score_at_last_token": score_at_last_token,
+        "probability_ratio": solutions.probability_ratio,
+        "compute_rewards": compute_rewards,
+        "compute_gae": compute_gae,
+        "ppo_policy_loss": ppo_policy_loss,
+    }
+
+
+def check_exercise(name: str, fn: Callable[..., Any], **settings: Any) -> CheckResult:
+    """Check a learner's `fn` for exercise `name` against the tested one on random inputs (never raises)."""
+    return check_against_reference(name, fn, exercise_references()[name], **settings)

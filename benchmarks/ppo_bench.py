@@ -395,7 +395,8 @@ class PPOBench:
             return {"kl": kl, "score": ns["scores"].mean().item(),
                     "generated_tokens": ns["response_mask"].sum().item(), "loss": 0.0, "update_tokens": 0}  # fmt: skip
         finally:
-            ns["bar"].close()
+            if ns.get("book") is not None and ns["book"].bar is not None:
+                ns["book"].bar.close()  # --only-rollout leaves the loop, and its progress bar, half way
         self.done += 1
         last = ns["history"].rows[-1]
         return {

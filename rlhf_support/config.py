@@ -319,7 +319,9 @@ class PPOConfig(BaseConfig):
     )
     lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo", bounds="[0, 1]")
     clip_range: float = param(
-        0.2, "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon", bounds="(0, 1)"
+        0.2,
+        "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon (a large value, e.g. 10, turns the clip off)",
+        bounds="(0, 100]",
     )
     clip_range_value: float = param(
         0.2, "the value may move this much from its old value before the loss is clipped", bounds="(0, inf)"

@@ -77,8 +77,10 @@ def show_source(obj: Any) -> None:
         print(source)
 
 
-def plot_history(history: History, keys: Sequence[str], title: str = "", ncols: int = 3, smooth: int = 1) -> plt.Figure:
-    """One small plot per key, against steps; `smooth` > 1 adds a moving average."""
+def plot_history(
+    history: History, keys: Sequence[str], title: str = "", ncols: int = 3, smooth: int = 1, xlabel: str = "step"
+) -> plt.Figure:
+    """One small plot per key, against the logged steps (named `xlabel`); `smooth` > 1 adds a moving average."""
     import matplotlib.pyplot as plt
 
     keys = [k for k in keys if history.series(k)[0]]
@@ -93,7 +95,7 @@ def plot_history(history: History, keys: Sequence[str], title: str = "", ncols: 
             kernel = np.ones(smooth) / smooth
             ax.plot(steps[smooth - 1 :], np.convolve(values, kernel, mode="valid"), lw=2)
         ax.set_title(key, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")

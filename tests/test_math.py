@@ -590,6 +590,47 @@ def test_distinct_2_by_hand() -> None:
     assert ru.distinct_n(["a b", "b a"], 2) == 1.0  # n-grams never span two texts
 
 
+def test_grouped_distinct_n_averages_groups_of_the_same_size() -> None:
+    texts = [f"w{i} x" for i in range(5)] + ["a b"] * 5  # group 1: 5 distinct bigrams; group 2: 1 of 5
+    assert ru.grouped_distinct_n(texts, 2, group=5) == pytest.approx((1.0 + 0.2) / 2)
+    assert ru.grouped_distinct_n(texts + ["c d"], 2, group=5) == pytest.approx(0.6)  # a short last group is dropped
+    assert ru.grouped_distinct_n(texts[:3], 2, group=5) == ru.distinct_n(texts[:3], 2)  # fewer than a group: all
+    # the point of grouping: 871 varied responses score as 128 of them do, where the plain measure falls with count
+    rng = random.Random(0)
+    vocabulary = [f"w{i}" for i in range(60)]
+    responses = [" ".join(rng.choices(vocabulary, k=6)) for _ in range(871)]
+    grouped, first_128 = ru.grouped_distinct_n(responses, 2), ru.distinct_n(responses[:128], 2)
+    assert abs(grouped - first_128) < 0.02 < first_128 - ru.distinct_n(responses, 2)
+
+
+def test_repeats_a_word_by_hand() -> None:
+    assert ru.repeats_a_word("and and powerful and family")  # "and" three times
+    assert not ru.repeats_a_word("a fine , fine film")  # twice is not three times
+    assert ru.repeats_a_word("fine fine", times=2) and not ru.repeats_a_word("")
+
+
+# ---------------------------------------------------------------------------
+# the binomial interval of the curve's points
+
+
+def test_binomial_interval_matches_wilsons_formula_by_hand() -> None:
+    # p = 0.5, n = 128, z = 1.96: centre 0.5; half-width 1.96 sqrt(0.25/128 + 1.96^2/(4 * 128^2)) / (1 + 1.96^2/128)
+    half = 1.96 * math.sqrt(0.25 / 128 + 1.96**2 / (4 * 128**2)) / (1 + 1.96**2 / 128)
+    assert ru.binomial_interval(0.5, 128) == pytest.approx((0.5 - half, 0.5 + half))
+    low, high = ru.binomial_interval(0.0, 128)
+    assert low == 0.0 and 0.0 < high < 0.05  # none of 128 positive: still not proof of 0
+    with pytest.raises(ValueError, match="n >= 1"):
+        ru.binomial_interval(0.5, 0)
+
+
+def test_binomial_interval_covers_the_true_share_95_percent_of_the_time() -> None:
+    generator = torch.Generator().manual_seed(0)
+    true_share, n, draws = 0.7, 128, 4000
+    shares = torch.bernoulli(torch.full((draws, n), true_share), generator=generator).mean(1).tolist()
+    covered = sum(low <= true_share <= high for low, high in (ru.binomial_interval(s, n) for s in shares))
+    assert 0.93 < covered / draws < 0.97
+
+
 # ---------------------------------------------------------------------------
 # AdamW with decay on matrices only
 

@@ -4,6 +4,7 @@ KL budget, the health table reads a run, and the independent judge."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
 import socket
@@ -21,28 +22,60 @@ from rlhf_support.notebook_cells import run_tagged_cell
 # The health table
 
 
-def test_the_health_table_flags_values_outside_the_rules_of_thumb():
+SWEEP = json.loads((Path(__file__).parent / "data" / "sweep_histories.json").read_text())["runs"]
+
+
+def sweep_run(beta: str) -> tuple[ru.History, ru.PPOConfig]:
+    """A measured cpu-profile run of notebook 3 at a fixed beta: its history, and its settings."""
+    run = SWEEP[beta]
+    cfg = ru.make_config(ru.PPOConfig, {"RLHF_PROFILE": "cpu"}, init_kl_coef=run["init_kl_coef"])
+    return ru.History([dict(row) for row in run["rows"]]), cfg
+
+
+@pytest.mark.parametrize(("beta", "verdict"), [("0.12", "healthy"), ("0.03", "warned"), ("0.005", "broken")])
+def test_the_health_table_reads_the_measured_sweep_runs_right(beta: str, verdict: str) -> None:
+    history, cfg = sweep_run(beta)
+    assert not cfg.adaptive_kl  # the cpu profile's fixed beta: the KL bands must hold without a target
+    assert ru.ppo_run_verdict(history, cfg) == verdict
+
+
+def test_the_collapsed_run_breaks_on_the_kl_and_the_repeats_not_on_the_update_metrics() -> None:
+    table = ru.ppo_health_table(*sweep_run("0.005"))
+    assert table.loc["objective/kl", "verdict"] == "broken" and table.loc["curve/repeat_share", "verdict"] == "broken"
+    assert "repetition" in table.loc["curve/repeat_share", "reading"]
+    # the update looked fine: the metrics of PPO practice alone would have passed this run
+    assert {table.loc[m, "verdict"] for m in ("policy/clipfrac", "policy/approx_kl", "policy/grad_norm")} == {"healthy"}
+
+
+def test_the_health_table_flags_each_side_of_a_band() -> None:
     history = ru.History()
     for step in range(1, 21):
         history.log(
             step,
             **{
                 "policy/clipfrac": 0.1,
-                "policy/approx_kl": 0.2 if step > 10 else 0.01,
-                "value/explained_variance": step / 20,
-                "policy/entropy": 2.0 - step * 0.09,
+                "policy/approx_kl": 0.2 if step > 10 else 0.01,  # mean 0.105: above 0.05, not beyond 0.2
+                "value/explained_variance": step / 20,  # last quarter 0.9
+                "policy/entropy": 2.0 - step * 0.09,  # last quarter 0.29 / first 1.91 = 0.15: collapsed
                 "objective/kl": 6.0,
+                "env/response_length": 8.0,
+                "policy/grad_norm": 5.0,  # 5x the clip: a warning, never broken
             },
         )
     cfg = ru.make_config(ru.PPOConfig, {}, kl_target=6.0)
     table = ru.ppo_health_table(history, cfg)
-    assert table.loc["policy/clipfrac", "reading"] == "within the range"
-    assert table.loc["policy/approx_kl", "reading"].startswith("above 0.05")  # mean 0.105
-    assert table.loc["value/explained_variance", "reading"] == "within the range"  # last quarter 0.9
-    assert table.loc["policy/entropy", "reading"].startswith("below 0.3")  # 0.29 / 1.91 of its start
-    assert table.loc["objective/kl", "reading"] == "within the range"
+    verdicts = table["verdict"].to_dict()
+    assert verdicts["policy/clipfrac"] == verdicts["value/explained_variance"] == "healthy"
+    assert verdicts["policy/approx_kl"] == "warning" and table.loc["policy/approx_kl", "reading"].startswith(
+        "each epoch"
+    )
+    assert verdicts["policy/entropy"] == "broken" and "narrowed" in table.loc["policy/entropy", "reading"]
+    assert verdicts["policy/grad_norm"] == "warning"
+    assert verdicts["objective/kl vs kl_target"] == "healthy"  # the adaptive controller's row: at its target
+    assert "curve/distinct_2" not in verdicts  # no curve in this history: no diversity rows
+    assert table.attrs["verdict"] == "broken"
     fixed = ru.ppo_health_table(history, ru.make_config(ru.PPOConfig, {}, adaptive_kl=False))
-    assert "objective/kl" not in fixed.index  # a fixed beta has no target to compare with
+    assert "objective/kl vs kl_target" not in fixed.index and "objective/kl" in fixed.index
 
 
 # ---------------------------------------------------------------------------
