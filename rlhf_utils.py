@@ -823,16 +823,16 @@ def ppo_policy_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The clipped surrogate loss [Schulman17 eq. 7], as a masked mean over tokens, and its statistics."""
     log_ratio = logprobs - old_logprobs
-    # r_t(theta) = pi_theta(y_t | s_t) / pi_old(y_t | s_t)
+    # rho_t(theta) = pi_theta(y_t | s_t) / pi_old(y_t | s_t), the ratio (r_t is the reward)
     ratio = torch.exp(log_ratio)
-    # L = max(-A r, -A clip(r, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
+    # L = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            # k3 estimator of KL(pi_old || pi_theta): (r - 1) - log r >= 0
+            # k3 estimator of KL(pi_old || pi_theta): (rho - 1) - log rho >= 0
             "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
@@ -866,7 +866,8 @@ class AdaptiveKLController:
 
     def update(self, current_kl: float, n_steps: int) -> None:
         """Raise beta when the KL is above target, lower it when below: each update by a factor of at most
-        1 +- 0.2 n_steps/horizon, so over one horizon of steps at most e^0.2 = 1.22x up or e^-0.2 = 0.82x down."""
+        1 +- 0.2 n_steps/horizon, so over one horizon of steps at most (1 + 0.2 n/H)^(H/n) <= e^0.2 = 1.22x up, and
+        down to (1 - 0.2 n/H)^(H/n), between 0.80x (n = H) and e^-0.2 = 0.82x (small n/H)."""
         proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
         self.value *= 1.0 + proportional_error * n_steps / self.horizon
 

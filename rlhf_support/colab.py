@@ -226,7 +226,8 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
         outputs.symlink_to(on_drive.resolve(), target_is_directory=True)
     print(
         f"Outputs go to Google Drive: {outputs}/ is a link to {on_drive}. The three notebooks share it, "
-        "and a recycled runtime loses nothing: run the notebook again and it continues from what is there."
+        "and a recycled runtime loses nothing saved: notebook 3 resumes PPO from its last checkpoint, and notebooks 1 "
+        "and 2 train again and replace the saved model unless the new one is clearly worse."
     )
     if os.environ.get(ENV_PREFIX + "OUTPUT_DIR"):
         print(

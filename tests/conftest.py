@@ -183,3 +183,15 @@ def memory_given_back():
     measure the process's peak memory start from where they would without it."""
     yield
     give_freed_memory_back()
+
+
+def read_without_outputs(path: Path):  # noqa: ANN201  (an nbformat NotebookNode)
+    """A notebook as a fresh runtime starts it: the committed outputs (of the cpu-profile run) cleared, so that a
+    test reads only what its own execution printed, even from cells it never reached."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb

@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from conftest import read_without_outputs
 
 import rlhf_utils as ru
 from rlhf_support import checkpoints, colab
@@ -308,7 +309,7 @@ def run_in_a_fresh_runtime(
 ) -> str:
     """Open the notebook alone in an empty /content, with Drive `drive`, run every cell in a new kernel (on Colab's
     packages when WITH_COLAB_VERSIONS); returns all it printed. `kill_when()` true: the runtime dies there."""
-    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     content = runtime / "content"
     content.mkdir(parents=True)
@@ -318,7 +319,7 @@ def run_in_a_fresh_runtime(
     monkeypatch.setenv("JUPYTER_PATH", str(runtime / "jupyter"))
     monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(content / "drive"))  # Colab mounts Drive at /content/drive
     monkeypatch.setenv("STANDIN_DRIVE", str(drive))
-    nb = nbformat.read(content / notebook, as_version=4)
+    nb = read_without_outputs(content / notebook)
     client = nbclient.NotebookClient(
         nb, timeout=900, kernel_name="colab-standin", resources={"metadata": {"path": str(content)}}
     )

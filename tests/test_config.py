@@ -340,7 +340,7 @@ def test_every_field_refuses_bad_values_and_echoes_them(cls):
     [
         ({"RLHF_SAMPLE_MAX_NEW_TOKENS": "0"}, r"sample_max_new_tokens=0: must be in \[1, 1024\]"),
         ({"RLHF_INIT_KL_COEF": "inf"}, r"init_kl_coef=inf: must be a finite number"),
-        ({"RLHF_CLIP_RANGE": "1.5"}, r"clip_range=1.5: must be in \(0, 1\)"),
+        ({"RLHF_CLIP_RANGE": "150"}, r"clip_range=150.0: must be in \(0, 100\]"),
         ({"RLHF_CLIP_RANGE_VALUE": "-1"}, r"clip_range_value=-1.0: must be in \(0, inf\)"),
         ({"RLHF_HUB_REPO_ID": "no slash"}, r"hub_repo_id='no slash'"),
         ({"RLHF_PREFIX_LENGTHS": "2|99"}, r"prefix_lengths='2\|99'"),

@@ -8,10 +8,10 @@ import re
 import nbformat
 import pytest
 import torch
+from conftest import ROOT
 
 import rlhf_utils as ru
 from rlhf_support import exercises, solutions
-from tests.conftest import ROOT
 
 NOTEBOOKS = {"1-SFT": "1-SFT.ipynb", "2-RM Training": "2-RM Training.ipynb", "3-RLHF": "3-RLHF.ipynb"}
 MISTAKES = [(name, mistake) for name, exercise in exercises.EXERCISES.items() for mistake in exercise.mistakes]
@@ -51,7 +51,9 @@ def test_an_unknown_wrong_answer_says_where_it_differs() -> None:
     # advantages = rewards: matches no listed mistake, so the check says which output differs, and where
     result = ru.check_exercise("compute_gae", lambda values, rewards, mask, gamma, lam: (rewards, rewards + values))
     assert result.status == "wrong" and result.mistake is None
-    assert "your advantages: it differs by up to" in result.message and "backwards over the real tokens" in result.message
+    assert (
+        "your advantages: it differs by up to" in result.message and "backwards over the real tokens" in result.message
+    )
 
 
 def test_a_wrong_shape_is_named() -> None:

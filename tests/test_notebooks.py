@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import under_a_file
+from conftest import read_without_outputs, under_a_file
 
 import rlhf_utils as ru
 from rlhf_support.profiles import BASE_MODEL_SIZES, build_smoke_dataset
@@ -34,7 +35,7 @@ def test_history_keeps_namespaced_series():
 def run_cells(notebook: str, until: str, extra: str, folder: Path) -> str:
     """Run `notebook`'s code cells up to the first one containing `until`, then `extra`; returns what `extra` printed."""
     nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
-    nb = nbformat.read(ROOT / notebook, as_version=4)
+    nb = read_without_outputs(ROOT / notebook)
     code = [c for c in nb.cells if c.cell_type == "code"]
     nb.cells = code[: next(i for i, c in enumerate(code) if until in c.source) + 1] + [nbformat.v4.new_code_cell(extra)]
     nbclient.NotebookClient(
@@ -83,7 +84,7 @@ def test_eval_sentences_cuts_the_validation_set_in_notebooks_1_and_2(tmp_path, m
         monkeypatch.setenv(name, value)
     ru.prepare_profile(ru.make_config(ru.SFTConfig))
     for notebook, check in [("1-SFT.ipynb", "len(validation_split)"), ("2-RM Training.ipynb", "len(val_sentences)")]:
-        nb = nbformat.read(ROOT / notebook, as_version=4)
+        nb = read_without_outputs(ROOT / notebook)
         code = [c for c in nb.cells if c.cell_type == "code"]
         code = code[: next(i for i, c in enumerate(code) if "ru.load_sst2(" in c.source) + 1]  # setup, config, data
         nb.cells = code + [nbformat.v4.new_code_cell(f"print('validating on', {check})")]
@@ -140,7 +141,7 @@ TINY_SLICE = {
 
 @pytest.mark.usefixtures("no_rlhf_settings")  # e.g. CI's RLHF_SMOKE=1 would contradict RLHF_PROFILE=cpu
 def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     data = build_smoke_dataset(tmp_path / "data" / "sst2", n_train=600, n_validation=80, seed=0)
     out, figures = tmp_path / "out", tmp_path / "figures"
@@ -157,7 +158,7 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for notebook in NOTEBOOKS:  # in order: each reads what the one before saved
-        nb = nbformat.read(ROOT / notebook, as_version=4)
+        nb = read_without_outputs(ROOT / notebook)
         nbclient.NotebookClient(
             nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
         ).execute()
@@ -203,11 +204,11 @@ def test_cpu_profile_notebooks_end_to_end(tmp_path: Path, monkeypatch: pytest.Mo
 @pytest.mark.usefixtures("no_rlhf_settings")
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_every_notebook_stops_at_an_unwritable_folder_before_it_trains(notebook, tmp_path, monkeypatch):
-    nbclient, nbformat = pytest.importorskip("nbclient"), pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
     for name, value in {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path / "out"), "HF_HUB_OFFLINE": "1",
                         "RLHF_FIGURES_DIR": under_a_file(tmp_path), "MPLBACKEND": "Agg"}.items():  # fmt: skip
         monkeypatch.setenv(name, value)
-    nb = nbformat.read(ROOT / notebook, as_version=4)
+    nb = read_without_outputs(ROOT / notebook)
     client = nbclient.NotebookClient(
         nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
     )
@@ -289,6 +290,7 @@ def test_a_long_training_cell_passes_under_nbval(tmp_path):
 # Appended to each notebook: the loop's own history, inspected in the notebook's kernel.
 HISTORY_CHECK = """
 import math
+import re
 assert precision.name == "fp16", precision
 skipped = sum(history.series("{prefix}/skipped_steps")[1])
 steps = len(history.series("{prefix}/skipped_steps")[1])
@@ -339,7 +341,7 @@ def test_the_notebooks_run_in_fp16_with_skipped_steps(tmp_path, monkeypatch):
         "3-RLHF.ipynb": ("policy", "loss/policy", 8),
     }  # PPO: 2 epochs x 4 minibatches per logged row
     for notebook, (prefix, loss, per_row) in checks.items():
-        nb = nbformat.read(ROOT / notebook, as_version=4)
+        nb = read_without_outputs(ROOT / notebook)
         nb.cells.append(nbformat.v4.new_code_cell(HISTORY_CHECK.format(prefix=prefix, loss=loss, per_row=per_row)))
         nbclient.NotebookClient(
             nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
@@ -347,3 +349,63 @@ def test_the_notebooks_run_in_fp16_with_skipped_steps(tmp_path, monkeypatch):
         printed = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
         assert "fp16 check:" in printed, printed
     assert ru.verify_checkpoint(tmp_path / "out" / "ppo_policy")["kind"] == "causal_lm"
+
+
+# ---------------------------------------------------------------------------
+# The committed outputs: one named cpu-profile run, no secret, no machine path, small enough to open
+
+RUN_NOTE = re.compile(r"\*\*The outputs in this copy\*\* come from one complete run of the `(\w+)` profile")
+SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|(?i:token)\s*[=:]\s*['\"]?[A-Za-z0-9_\-]{20,}")
+MACHINE_PATH = re.compile(r"(/work/|/tmp/|/home/|/root/|/usr/|/opt/|/private/|/Users/|[A-Z]:\\\\|site-packages)")
+
+
+def committed_output_text(cell) -> str:  # noqa: ANN001
+    """Everything a committed code cell shows as text (images excluded): streams, values, errors."""
+    parts = []
+    for output in cell.get("outputs", []):
+        parts.append(output.get("text", "") + output.get("evalue", "") + "".join(output.get("traceback", [])))
+        parts += [v for k, v in output.get("data", {}).items() if k.startswith("text/") or k.endswith("json")]
+    return "\n".join(p if isinstance(p, str) else json.dumps(p) for p in parts)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_committed_outputs_are_one_named_run_without_secrets_or_paths(notebook: str) -> None:
+    import nbformat
+
+    path = ROOT / notebook
+    assert path.stat().st_size < 2_000_000, f"{notebook} is {path.stat().st_size:,} bytes: keep it under 2 MB"
+    nb = nbformat.read(path, as_version=4)
+    notes = [RUN_NOTE.search(c.source) for c in nb.cells[:3] if c.cell_type == "markdown"]
+    (note,) = [n for n in notes if n]
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "every code cell ran in the committed run"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "one run, top to bottom"
+    assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
+    text = "\n".join(committed_output_text(c) for c in code)
+    assert not SECRET.search(text), SECRET.search(text)
+    assert not MACHINE_PATH.search(text), text[max(0, MACHINE_PATH.search(text).start() - 200) :][:400]
+    (config_cell,) = [c for c in code if "make_config(ru." in c.source]
+    profile = re.search(r"^profile\s+(\w+)", committed_output_text(config_cell), flags=re.M)
+    assert profile and profile.group(1) == note.group(1), "the note names the profile the outputs came from"
+
+
+def test_the_output_checks_catch_a_token_and_a_path() -> None:
+    assert SECRET.search("hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2") and SECRET.search("token = 'abcdefghijklmnopqrstuvwx'")
+    assert MACHINE_PATH.search("saved to /home/learner/outputs") and MACHINE_PATH.search("C:\\\\Users\\\\x")
+    assert not MACHINE_PATH.search("saved to outputs/cpu/sft_model") and not SECRET.search("tokens: 1,024")
+
+
+WORD_BUDGET = {"1-SFT.ipynb": 1800, "2-RM Training.ipynb": 2400, "3-RLHF.ipynb": 3600}  # the lesson first
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_each_notebook_reads_within_its_word_budget(notebook: str) -> None:
+    import nbformat
+
+    nb = nbformat.read(ROOT / notebook, as_version=4)
+    words = sum(len(c.source.split()) for c in nb.cells if c.cell_type == "markdown")
+    assert words <= WORD_BUDGET[notebook], f"{notebook}: {words} markdown words, budget {WORD_BUDGET[notebook]}"
+    first = [c.source for c in nb.cells[:4] if c.cell_type == "markdown"]
+    assert first[0].startswith("[![Open In Colab]"), "the Colab badge comes first"
+    assert any("**Before you start**" in s for s in first), "a before-you-start box at the top"
+    assert "[[M:" not in json.dumps([c.source for c in nb.cells]), "a figure left to replace"
