@@ -514,12 +514,12 @@ def make_preference_pairs(labels: Sequence[int], seed: int = 0) -> list[tuple[in
 
 
 def bce_reward_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with the score as the logit: -[y log sigmoid(r) + (1 - y) log sigmoid(-r)], mean."""
+    """Binary cross-entropy with the score s as the logit, label l: -[l log sigmoid(s) + (1 - l) log sigmoid(-s)], mean."""
     return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
-    """Bradley-Terry loss [Ouyang22 eq. 1]: mean of -log sigmoid(r_chosen - r_rejected)."""
+    """Bradley-Terry loss [Ouyang22 eq. 1]: mean of -log sigmoid(s_chosen - s_rejected)."""
     return -F.logsigmoid(chosen_scores - rejected_scores).mean()
 
 
