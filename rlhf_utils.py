@@ -1084,7 +1084,7 @@ def binomial_interval(share: float, n: int, z: float = 1.96) -> tuple[float, flo
         raise ValueError(f"binomial_interval needs n >= 1 verdicts, got {n}.")
     centre = (share + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return min(share, max(0.0, centre - half)), max(share, min(1.0, centre + half))  # it holds the share
 
 
 class SentimentJudge:

@@ -619,6 +619,9 @@ def test_binomial_interval_matches_wilsons_formula_by_hand() -> None:
     assert ru.binomial_interval(0.5, 128) == pytest.approx((0.5 - half, 0.5 + half))
     low, high = ru.binomial_interval(0.0, 128)
     assert low == 0.0 and 0.0 < high < 0.05  # none of 128 positive: still not proof of 0
+    for share in [k / 871 for k in range(872)]:  # every share lies inside its own interval, at 0 and 1 too
+        low, high = ru.binomial_interval(share, 871)
+        assert 0.0 <= low <= share <= high <= 1.0
     with pytest.raises(ValueError, match="n >= 1"):
         ru.binomial_interval(0.5, 0)
 
