@@ -1308,14 +1308,14 @@ INF = math.inf
 PPO_HEALTH_RULES: list[HealthRule] = [
     HealthRule("objective/kl", "last quarter", (0.0, 6.0), (-INF, 15.0), "",
                "the policy drifted far from the reference: raise beta (init_kl_coef) or stop earlier"),
-    HealthRule("policy/entropy", "last / first", (0.7, 1.5), (0.5, 3.0),
+    HealthRule("policy/entropy", "last quarter / first", (0.7, 1.5), (0.5, 3.0),
                "the policy narrowed onto a few continuations: the first sign of collapse (raise beta)",
                "the policy became more random than the SFT model (lower learning_rate)"),
-    HealthRule("curve/distinct_2", "last quarter", (0.85, 1.0), (0.6, 1.0),
+    HealthRule("curve/distinct_2", "last quarter", (0.85, 1.0), (0.6, INF),
                "the responses repeat each other's word pairs (128 held-out responses): collapse", ""),
-    HealthRule("curve/repeat_share", "last quarter", (0.0, 0.03), (0.0, 0.15), "",
+    HealthRule("curve/repeat_share", "last quarter", (0.0, 0.03), (-INF, 0.15), "",
                "many responses repeat a word 3+ times: reward hacking by repetition"),
-    HealthRule("env/response_length", "last / first", (0.5, 2.0), (0.25, 4.0),
+    HealthRule("env/response_length", "last quarter / first", (0.5, 2.0), (0.25, 4.0),
                "the responses shrank: short endings are cheap reward (watch distinct-2)",
                "the responses grew long: check that they still end with EOS"),
     HealthRule("policy/approx_kl", "mean", (0.0, 0.05), (-INF, 0.2), "",
@@ -1323,7 +1323,7 @@ PPO_HEALTH_RULES: list[HealthRule] = [
                "(lower learning_rate or ppo_epochs)"),
     HealthRule("policy/clipfrac", "mean", (0.0, 0.3), (-INF, 0.5), "",
                "most of the batch hits the clip: the updates are large (lower learning_rate or ppo_epochs)"),
-    HealthRule("value/explained_variance", "last quarter", (0.2, 1.0), (0.0, 1.0),
+    HealthRule("value/explained_variance", "last quarter", (0.2, 1.0), (0.0, INF),
                "the value head predicts the returns little better than a constant, so the advantages are mostly "
                "noise (raise vf_coef, train longer); below 0 it is worse than a constant", ""),
     HealthRule("policy/grad_norm", "last quarter / max_grad_norm", (0.0, 3.0), None, "",
@@ -1332,13 +1332,19 @@ PPO_HEALTH_RULES: list[HealthRule] = [
 ]  # fmt: skip
 
 
+def _outside(band: tuple[float, float]) -> str:
+    """A broken band in words: 'above 15', 'below 0.6', 'outside 0.5 to 3'."""
+    low, high = band
+    return f"above {high:g}" if low == -INF else f"below {low:g}" if high == INF else f"outside {low:g} to {high:g}"
+
+
 def _summarise(values: Sequence[float], summary: str, cfg: PPOConfig) -> float:
-    """A series (one value per logged iteration) summarised as a rule asks: mean, last quarter, last / first..."""
+    """A series (one value per logged iteration) summarised as a rule asks: mean, last quarter, last quarter / first..."""
     quarter = float(np.mean(values[-max(1, len(values) // 4) :]))
     return {
         "mean": float(np.mean(values)),
         "last quarter": quarter,
-        "last / first": quarter / max(abs(values[0]), 1e-8),
+        "last quarter / first": quarter / max(abs(values[0]), 1e-8),
         "last quarter / max_grad_norm": quarter / cfg.max_grad_norm,
         "last quarter / kl_target": quarter / cfg.kl_target,
     }[summary]
@@ -1373,7 +1379,7 @@ def ppo_health_table(history: History, cfg: PPOConfig) -> pd.DataFrame:
                 "metric": rule.label or rule.metric,
                 "this run": f"{value:.3g} ({rule.summary})",
                 "healthy": f"{low:g} to {high:g}",
-                "broken beyond": "-" if rule.broken is None else f"{rule.broken[0]:g} to {rule.broken[1]:g}",
+                "broken": "never" if rule.broken is None else _outside(rule.broken),
                 "verdict": verdict,
                 "reading": reading,
             }

@@ -356,7 +356,7 @@ def test_the_notebooks_run_in_fp16_with_skipped_steps(tmp_path, monkeypatch):
 
 RUN_NOTE = re.compile(r"\*\*The outputs in this copy\*\* come from one complete run of the `(\w+)` profile")
 SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}|(?i:token)\s*[=:]\s*['\"]?[A-Za-z0-9_\-]{20,}")
-MACHINE_PATH = re.compile(r"(/work/|/tmp/|/home/|/root/|/usr/|/opt/|/private/|/Users/|[A-Z]:\\\\|site-packages)")
+MACHINE_PATH = re.compile(r"(/work/|/tmp/|/home/|/root/|/usr/|/opt/|/private/|/Users/|[A-Z]:\\\\|site-packages|\.\./)")
 
 
 def committed_output_text(cell) -> str:  # noqa: ANN001
@@ -381,6 +381,8 @@ def test_committed_outputs_are_one_named_run_without_secrets_or_paths(notebook: 
     assert all(c.execution_count is not None for c in code), "every code cell ran in the committed run"
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), "one run, top to bottom"
     assert not any(o.get("output_type") == "error" for c in code for o in c.outputs)
+    plots = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    assert plots >= 2, f"{notebook} shows {plots} plots: run it with the inline backend (no MPLBACKEND=Agg)"
     text = "\n".join(committed_output_text(c) for c in code)
     assert not SECRET.search(text), SECRET.search(text)
     assert not MACHINE_PATH.search(text), text[max(0, MACHINE_PATH.search(text).start() - 200) :][:400]
@@ -392,6 +394,7 @@ def test_committed_outputs_are_one_named_run_without_secrets_or_paths(notebook: 
 def test_the_output_checks_catch_a_token_and_a_path() -> None:
     assert SECRET.search("hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2") and SECRET.search("token = 'abcdefghijklmnopqrstuvwx'")
     assert MACHINE_PATH.search("saved to /home/learner/outputs") and MACHINE_PATH.search("C:\\\\Users\\\\x")
+    assert MACHINE_PATH.search("'RLHF_DATASET': '../shared/data/sst2'")  # a folder outside the clone
     assert not MACHINE_PATH.search("saved to outputs/cpu/sft_model") and not SECRET.search("tokens: 1,024")
 
 
