@@ -125,14 +125,14 @@ def _score_gaps(generator: torch.Generator, settings: Mapping[str, Any]) -> Inpu
     return {"score_gap": gap, "kl_coef": float(torch.empty(()).uniform_(0.1, 1.0, generator=generator))}
 
 
-def _response_batch(generator: torch.Generator, width: int = 6, batch: int = 4) -> tuple[torch.Tensor, list[int]]:
-    lengths = _lengths(generator, batch, width)
-    return _right_mask(lengths, width).float(), lengths
+def _response_mask(generator: torch.Generator, width: int = 6, batch: int = 4) -> torch.Tensor:
+    """(B, T) float mask of right-padded responses of random lengths."""
+    return _right_mask(_lengths(generator, batch, width), width).float()
 
 
 def _reward_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> Inputs:
     """Scores (B,), log-probs of policy and reference (B, T) (noise on the padding too), a mask, beta."""
-    mask, _ = _response_batch(generator)
+    mask = _response_mask(generator)
     batch, width = mask.shape
     logprobs = -torch.rand(batch, width, generator=generator) * 3
     ref_logprobs = logprobs + torch.randn(batch, width, generator=generator) * 0.5
@@ -143,7 +143,7 @@ def _reward_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> I
 
 def _gae_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> Inputs:
     """Values and rewards (B, T) (non-zero on the padding too), a mask, gamma and lambda."""
-    mask, _ = _response_batch(generator)
+    mask = _response_mask(generator)
     batch, width = mask.shape
     gamma = float(torch.tensor([1.0, 0.9])[torch.randint(2, (), generator=generator)])
     lam = float(torch.empty(()).uniform_(0.7, 0.97, generator=generator))
@@ -158,7 +158,7 @@ def _gae_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> Inpu
 
 def _policy_loss_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> Inputs:
     """Log-probs now and at sampling (ratios well outside 1 +- epsilon), advantages of both signs, a mask."""
-    mask, _ = _response_batch(generator)
+    mask = _response_mask(generator)
     batch, width = mask.shape
     logprobs = -torch.rand(batch, width, generator=generator) * 3
     return {
@@ -184,6 +184,12 @@ def _per_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
         shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
     )
     return ce.view(targets.shape), (targets != -100).float()
+
+
+def _plus_score_at_end(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """rewards (B, T) with each row's score added at its last real token."""
+    last = (mask * torch.arange(mask.shape[1])).argmax(1, keepdim=True)  # (B, 1)
+    return rewards.scatter_add(1, last, scores[:, None])
 
 
 def _whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -417,16 +423,16 @@ EXERCISES: dict[str, Exercise] = {
                 ),
                 Mistake(
                     "kl_sign",
-                    lambda scores, logprobs, ref_logprobs, mask, kl_coef: (
-                        kl_coef * (logprobs - ref_logprobs) * mask
-                    ).scatter_add(1, (mask * torch.arange(mask.shape[1])).argmax(1, keepdim=True), scores[:, None]),
+                    lambda scores, logprobs, ref_logprobs, mask, kl_coef: _plus_score_at_end(
+                        kl_coef * (logprobs - ref_logprobs) * mask, scores, mask
+                    ),
                     "the KL is a penalty: r_t = -beta (log pi - log pi_ref), minus, so drifting from the reference costs.",
                 ),
                 Mistake(
                     "kl_unmasked",
-                    lambda scores, logprobs, ref_logprobs, mask, kl_coef: (
-                        -kl_coef * (logprobs - ref_logprobs)
-                    ).scatter_add(1, (mask * torch.arange(mask.shape[1])).argmax(1, keepdim=True), scores[:, None]),
+                    lambda scores, logprobs, ref_logprobs, mask, kl_coef: _plus_score_at_end(
+                        -kl_coef * (logprobs - ref_logprobs), scores, mask
+                    ),
                     "padding tokens are not part of the response: multiply the KL term by the mask.",
                 ),
                 Mistake(

@@ -385,33 +385,14 @@ def test_score_responses_reads_the_last_real_token():
 
 def test_evaluate_policy_measures_what_it_sampled():
     run = Run()
-    summary, table = ru.evaluate_policy(
-        run.ref_policy,
-        run.ref_policy,
-        run.reward_model,
-        Tokenizer(),
-        PROMPTS[:10],
-        RESPONSE_LENGTH,
-        temperature=1.0,
-        seed=3,
-        batch_size=4,
-    )
+    sampling = dict(temperature=1.0, seed=3, batch_size=4)  # the same random numbers in both evaluations
+    models = (run.ref_policy, run.ref_policy, run.reward_model, Tokenizer(), PROMPTS[:10], RESPONSE_LENGTH)
+    summary, table = ru.evaluate_policy(*models, **sampling)
     assert len(table) == 10 and table["kl"].abs().max() == 0.0  # the reference against itself
     assert summary["positive_share"] == (table["raw_score"] > 0).mean()
     median = float(table["raw_score"].median())  # a pairwise reward model's threshold is such a median (notebook 2)
     at_median, judged = ru.evaluate_policy(
-        run.ref_policy,
-        run.ref_policy,
-        run.reward_model,
-        Tokenizer(),
-        PROMPTS[:10],
-        RESPONSE_LENGTH,
-        temperature=1.0,
-        seed=3,
-        batch_size=4,
-        threshold=median,
-        judge=ru.SentimentJudge(),
-        chunk_size=3,
+        *models, **sampling, threshold=median, judge=ru.SentimentJudge(), chunk_size=3
     )
     assert at_median["positive_share"] == (table["raw_score"] > median).mean() == 0.5
     assert at_median["kl_to_ref"] == summary["kl_to_ref"]  # chunked passes: the same numbers
