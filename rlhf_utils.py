@@ -29,6 +29,16 @@ References (equation numbers are the papers'):
                TL;DR Summarization", 2024, arXiv:2403.17031.
 - [Gao23]      Gao, Schulman and Hilton, "Scaling Laws for Reward Model Overoptimization", 2023,
                arXiv:2210.10760: the proxy reward keeps rising while the gold one falls (the curve of notebook 3).
+- [Ahmadian24] Ahmadian et al., "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+               Feedback in LLMs", 2024, arXiv:2402.14740. Sec. 3.3: RLOO, the leave-one-out baseline of k samples.
+- [Shao24]     Shao et al., "DeepSeekMath" (GRPO), 2024, arXiv:2402.03300. Eq. (3): the objective, with its KL in
+               the loss; Sec. 4.1.2: outcome supervision, the score normalised by its group's mean and std.
+- [Liu25]      Liu et al., "Understanding R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO), 2025,
+               arXiv:2503.20783. Sec. 3.1: GRPO without the std and without the 1/|o_i| length normalisation.
+- [Hu25]       Hu, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models", 2025,
+               arXiv:2501.03262: per-token KL in the reward, returns-to-go normalised over the whole batch.
+- [Beirami24]  Beirami et al., "Theoretical guarantees on the best-of-n alignment policy", 2024, arXiv:2401.01879:
+               log n - (n - 1) / n is an upper bound on best-of-n's KL, exact when no two samples tie.
 - [Hutto14]    Hutto and Gilbert, "VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
                Media Text", ICWSM 2014: the independent judge (SentimentJudge).
 """
@@ -53,6 +63,7 @@ if typing.TYPE_CHECKING:  # for annotations only
     import pandas as pd
 
 from rlhf_support.checkpoints import REWARD_CONFIG, REWARD_MODEL_LAYOUT, recover_checkpoint, verify_checkpoint
+from rlhf_support.config import GROUP_ESTIMATORS
 from rlhf_support.device import FP32, Precision, eval_mode, use_fused_gelu
 from rlhf_support.errors import CheckpointError
 from rlhf_support.hub import load_pretrained
@@ -708,11 +719,18 @@ def sample_continuations(
 
 
 def sample_prompts(
-    prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int, generator: torch.Generator, device: torch.device
+    prompts: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    generator: torch.Generator,
+    device: torch.device,
+    samples_per_prompt: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of prompts drawn with replacement, left-padded (so responses start at one column): both (B, P)."""
-    picks = torch.randint(len(prompts), (batch_size,), generator=generator, device=device).tolist()
-    prompt_ids, prompt_mask = pad_batch([prompts[i] for i in picks], pad_id, side="left")
+    """batch_size / k prompts drawn with replacement, each repeated k = samples_per_prompt times in consecutive rows
+    (a group), left-padded (so responses start at one column): both (B, P)."""
+    picks = torch.randint(len(prompts), (batch_size // samples_per_prompt,), generator=generator, device=device)
+    rows = [prompts[i] for i in picks.tolist() for _ in range(samples_per_prompt)]
+    prompt_ids, prompt_mask = pad_batch(rows, pad_id, side="left")
     return prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
 
 
@@ -818,17 +836,142 @@ def compute_gae(
     return advantages, returns
 
 
+# The critic-free estimators [Ahmadian24, Shao24, Liu25, Hu25]. Each gives every response token the return from
+# that token on, G_t = sum_{t' >= t} gamma^(t' - t) r_t' (GAE with V = 0 and lambda = 1), after replacing the score
+# on the last token by the score relative to a baseline: the other samples of the same prompt instead of a critic.
+# The KL penalty stays per token in r_t, as for PPO. Groups are consecutive rows of k (`sample_prompts`).
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} over each row's masked tokens, backwards, G = 0 after the last: (B, T)."""
+    mask = mask.to(rewards.dtype)
+    returns = torch.zeros_like(rewards)
+    running = rewards.new_zeros(rewards.shape[0])  # (B,): G of the next masked token; 0 past the end
+    for t in reversed(range(rewards.shape[1])):
+        m = mask[:, t]
+        running = m * (rewards[:, t] + gamma * running) + (1 - m) * running  # skip over unmasked positions
+        returns[:, t] = running * m
+    return returns
+
+
+def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """scores (B,) as (B / k, k): row g holds the k responses to prompt g."""
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores cannot form groups of samples_per_prompt={group_size} (k >= 2).")
+    return scores.view(-1, group_size)
+
+
+def _with_score(
+    rewards: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, new_scores: torch.Tensor
+) -> torch.Tensor:
+    """The rewards (B, T) with each row's score on its last real token replaced by new_scores (B,)."""
+    change = (new_scores - scores) * (mask.sum(1) > 0)  # (B,)
+    return rewards.scatter_add(1, last_real_index(mask)[:, None], change.to(rewards.dtype)[:, None])
+
+
+def rloo_advantages(
+    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
+) -> torch.Tensor:
+    """RLOO [Ahmadian24]: the score minus the mean of the other k - 1 scores of its prompt, then G_t: (B, T)."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)  # leave-one-out mean
+    return returns_to_go(_with_score(rewards, mask, scores, (groups - others).flatten()), mask, gamma)
+
+
+def grpo_advantages(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """GRPO [Shao24]: (score - group mean) / (group std + eps), the std unbiased over the k samples, then G_t: (B, T)."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    relative = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)
+    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
+
+
+def dr_grpo_advantages(
+    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
+) -> torch.Tensor:
+    """Dr. GRPO [Liu25]: score - group mean (no std), then G_t: (B, T); its loss is not length-normalised."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    relative = groups - groups.mean(1, keepdim=True)
+    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ [Hu25]: G_t with no baseline, whitened over every response token of the batch: (B, T)."""
+    return masked_whiten(returns_to_go(rewards, mask, gamma), mask)
+
+
+def compute_advantages(
+    estimator: str,
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    group_size: int,
+    whiten: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step (5) the chosen way: (advantages, returns), (B, T) each. 'gae' uses the critic's values (whitened when
+    `whiten`); the others ignore them, and their returns G_t (no critic learns them) are for the metrics only."""
+    if estimator == "gae":
+        advantages, returns = compute_gae(values, rewards, mask, gamma, lam)
+        return (masked_whiten(advantages, mask) if whiten else advantages), returns
+    if estimator == "reinforce_pp":
+        advantages = reinforce_pp_advantages(rewards, mask, gamma)
+    elif estimator in GROUP_ESTIMATORS:
+        by_group = {"rloo": rloo_advantages, "grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages}[estimator]
+        advantages = by_group(scores, rewards, mask, group_size, gamma)
+    else:
+        raise ValueError(f"advantage_estimator={estimator!r}: use one of gae, rloo, grpo, dr_grpo, reinforce_pp.")
+    return advantages, returns_to_go(rewards, mask, gamma)
+
+
+# How each estimator's policy loss averages over tokens: PPO and REINFORCE-style methods over every token of the
+# minibatch; GRPO each response's mean first (a long response's tokens count less) [Shao24 eq. 3]; Dr. GRPO a sum
+# over tokens divided by a constant, the most tokens a response may have [Liu25].
+LOSS_AGGREGATION = {"gae": "token", "rloo": "token", "grpo": "sequence", "dr_grpo": "constant", "reinforce_pp": "token"}
+
+
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None
+) -> torch.Tensor:
+    """A per-token loss (B, T) as one number: 'token' (mean over every masked token), 'sequence' (mean over rows of
+    each row's mean) or 'constant' (masked sum / (B * max_tokens))."""
+    if how == "token":
+        return masked_mean(per_token, mask)
+    if how == "sequence":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if how == "constant":
+        if not max_tokens:
+            raise ValueError("aggregate_loss(how='constant') needs max_tokens, the most tokens a response may have.")
+        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * max_tokens)
+    raise ValueError(f"aggregate_loss: how={how!r}; use 'token', 'sequence' or 'constant'.")
+
+
 def ppo_policy_loss(
-    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    aggregate: str = "token",
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped surrogate loss [Schulman17 eq. 7], as a masked mean over tokens, and its statistics."""
+    """The clipped surrogate loss [Schulman17 eq. 7], averaged over tokens as `aggregate` says (`aggregate_loss`;
+    PPO: a masked mean over every token), and its statistics."""
     log_ratio = logprobs - old_logprobs
     # rho_t(theta) = pi_theta(y_t | s_t) / pi_old(y_t | s_t), the ratio (r_t is the reward)
     ratio = torch.exp(log_ratio)
     # L = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregate, max_tokens)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
@@ -1193,14 +1336,20 @@ def evaluate_policy(
             rows["length"] += response_mask.sum(1).tolist()
     table = pd.DataFrame(rows)
     table.insert(3, "positive", table["raw_score"] > threshold)
-    summary = {
-        "raw_score_mean": float(table["raw_score"].mean()),
-        "positive_share": float(table["positive"].mean()),
-    }
     if judge is not None:
         texts = [prompt + response for prompt, response in zip(table["prompt"], table["response"])]
         table.insert(4, "judge_score", judge.scores(texts))
         table.insert(5, "judge_positive", table["judge_score"] > judge.threshold)
+    return summarise_evaluation(table), table
+
+
+def summarise_evaluation(table: pd.DataFrame) -> dict[str, float]:
+    """The summary of an `evaluate_policy` table (one row per prompt): means, shares, perplexity, diversity."""
+    summary = {
+        "raw_score_mean": float(table["raw_score"].mean()),
+        "positive_share": float(table["positive"].mean()),
+    }
+    if "judge_score" in table:
         summary.update(
             judge_score_mean=float(table["judge_score"].mean()),
             judge_positive_share=float(table["judge_positive"].mean()),
@@ -1215,7 +1364,25 @@ def evaluate_policy(
             "repeat_share": float(table["response"].map(repeats_a_word).mean()),
         }
     )
-    return summary, table
+    return summary
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || reference) of one prompt's response, log n - (n - 1) / n nats [Beirami24]."""
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n(tables: Sequence[pd.DataFrame], n: int) -> tuple[dict[str, float], pd.DataFrame]:
+    """Best-of-n, the no-training baseline: per prompt, the response with the highest raw reward-model score among
+    the first n `evaluate_policy` tables of the reference (same prompts, one sample each). Its KL is best_of_n_kl(n)."""
+    import pandas as pd
+
+    raw_scores = np.stack([table["raw_score"].to_numpy() for table in tables[:n]])  # (n, prompts)
+    best = raw_scores.argmax(0)  # (prompts,): the first of equal scores
+    stacked = pd.concat(list(tables[:n]), keys=range(n))  # index (sample, prompt)
+    chosen = stacked.loc[list(zip(best.tolist(), range(len(best))))].reset_index(drop=True)
+    chosen["kl"] = best_of_n_kl(n)  # the closed form, not the sampled log-ratio (0: the samples are the reference's)
+    return summarise_evaluation(chosen), chosen
 
 
 def curve_metrics(
@@ -1355,7 +1522,7 @@ def ppo_health_table(history: History, cfg: PPOConfig) -> pd.DataFrame:
     outside the healthy range means. The run's verdict is in `.attrs["verdict"]` (`ppo_run_verdict`)."""
     import pandas as pd
 
-    rules = list(PPO_HEALTH_RULES)
+    rules = [r for r in PPO_HEALTH_RULES if cfg.advantage_estimator == "gae" or not r.metric.startswith("value/")]
     if cfg.adaptive_kl:  # the controller has a target: the KL should sit near it
         rules.append(HealthRule("objective/kl", "last quarter / kl_target", (0.5, 2.0), None,
                                 "beta holds the policy back far below the target",

@@ -23,6 +23,10 @@ ENV_PREFIX = "RLHF_"
 
 PROFILE_NAMES = ("full", "cpu", "smoke")
 
+# How step (5) of notebook 3 computes the advantages: PPO's GAE with a value head, or a critic-free estimator.
+ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
+GROUP_ESTIMATORS = ("rloo", "grpo", "dr_grpo")  # those that compare the k responses to one prompt
+
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # what the hub accepts as a repo id: "owner/name"
 
 
@@ -339,7 +343,20 @@ class PPOConfig(BaseConfig):
         "episodes over which the adaptive controller can move beta by about 22% (e^0.2); 2560 = 10 iterations of 256",
         bounds="[1, inf)",
     )
-    whiten_advantages: bool = param(True, "normalise advantages to mean 0, std 1 over each batch")
+    advantage_estimator: str = param(
+        "gae",
+        "how step (5) computes the advantages: 'gae' (PPO, with the value head), or critic-free 'rloo', 'grpo', "
+        "'dr_grpo', 'reinforce_pp' (no value loss)",
+        choices=ADVANTAGE_ESTIMATORS,
+    )
+    samples_per_prompt: int = param(
+        1,
+        "responses sampled per prompt, k (a group); rloo, grpo and dr_grpo need k >= 2; batch_size must be a multiple of k",
+        bounds="[1, inf)",
+    )
+    whiten_advantages: bool = param(
+        True, "normalise GAE's advantages to mean 0, std 1 over each batch (the other estimators scale their own)"
+    )
     normalize_scores: bool = param(True, "use (score - mean) / std with the statistics saved beside the reward model")
     missing_eos_penalty: float = param(
         1.0, "subtracted from the (normalised) score of a response that did not end with EOS", bounds="[0, 100]"
@@ -379,6 +396,15 @@ class PPOConfig(BaseConfig):
         _check(
             self.minibatch_size <= self.batch_size and self.batch_size % self.minibatch_size == 0,
             f"batch_size={self.batch_size} must be a multiple of minibatch_size={self.minibatch_size}.",
+        )
+        _check(
+            self.batch_size % self.samples_per_prompt == 0,
+            f"batch_size={self.batch_size} must be a multiple of samples_per_prompt={self.samples_per_prompt}.",
+        )
+        _check(
+            self.advantage_estimator not in GROUP_ESTIMATORS or self.samples_per_prompt >= 2,
+            f"advantage_estimator={self.advantage_estimator!r} compares the responses to one prompt: set "
+            f"samples_per_prompt to 2 or more (e.g. 4).",
         )
         _check(
             self.prompt_min_tokens <= self.prompt_max_tokens,
