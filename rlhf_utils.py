@@ -752,7 +752,8 @@ def make_prompts(
 
 
 # -----------------------------------------------------------------------------
-# 4. The PPO math: log-probs, the KL-shaped reward, GAE, the clipped losses, the KL coefficient (notebook 3)
+# 4. The PPO math: log-probs, the KL-shaped reward, GAE and the critic-free estimators, the clipped losses, the KL
+# coefficient (notebook 3)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -1188,7 +1189,7 @@ def ppo_metrics(
 
 
 # -----------------------------------------------------------------------------
-# 6. Evaluation: diversity, the independent judge, the before/after comparison, reading a run (notebook 3)
+# 6. Evaluation: diversity, the independent judge, the before/after comparison, best-of-N, reading a run (notebook 3)
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
@@ -1581,6 +1582,7 @@ def exercise_references() -> dict[str, Callable[..., Any]]:
         "compute_rewards": compute_rewards,
         "compute_gae": compute_gae,
         "ppo_policy_loss": ppo_policy_loss,
+        "grpo_advantages": grpo_advantages,
     }
 
 

@@ -170,6 +170,32 @@ def _policy_loss_inputs(generator: torch.Generator, settings: Mapping[str, Any])
     }
 
 
+def _group_inputs(generator: torch.Generator, settings: Mapping[str, Any]) -> Inputs:
+    """Two groups of k = 4 responses: scores (B,), KL-shaped rewards with the score on each last token (B, T), a
+    mask, k. Scores are whole numbers, so a group's responses can tie."""
+    group_size, mask = 4, _response_mask(generator, batch=8)  # consecutive rows 0-3 and 4-7
+    scores = torch.randint(-3, 4, (8,), generator=generator).float()
+    rewards = -0.1 * torch.randn(mask.shape, generator=generator) * mask
+    return {
+        "scores": scores,
+        "rewards": _plus_score_at_end(rewards, scores, mask),
+        "mask": mask,
+        "group_size": group_size,
+    }
+
+
+def _group_relative(scores: torch.Tensor, group_size: int, unbiased: bool = True, whole_batch: bool = False):  # noqa: ANN202
+    """(s - mean) / (std + 1e-4), over each group or (a mistake) over the whole batch."""
+    groups = scores.view(1 if whole_batch else -1, -1 if whole_batch else group_size)
+    return ((groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True, unbiased=unbiased) + 1e-4)).flatten()
+
+
+def _score_swapped(rewards, mask, scores, relative):  # noqa: ANN001, ANN202
+    """rewards with each row's last-token score replaced by `relative`, then the returns to go (gamma = 1)."""
+    swapped = _plus_score_at_end(rewards, relative - scores, mask)
+    return torch.flip(torch.cumsum(torch.flip(swapped * mask, [1]), 1), [1]) * mask
+
+
 # -----------------------------------------------------------------------------
 # The classic mistakes, written as code
 
@@ -538,6 +564,45 @@ EXERCISES: dict[str, Exercise] = {
             ],
             "loss = -masked mean of min(ratio A, clip(ratio, 1 - eps, 1 + eps) A), ratio = exp(logprobs - "
             "old_logprobs).",
+        ),
+        Exercise(
+            "grpo_advantages",
+            "3-RLHF",
+            "the advantages, (B, T) and 0 outside the mask",
+            _group_inputs,
+            ["advantages"],
+            [
+                Mistake(
+                    "batch_not_group",
+                    lambda scores, rewards, mask, group_size: _score_swapped(
+                        rewards, mask, scores, _group_relative(scores, group_size, whole_batch=True)
+                    ),
+                    "normalise each score within its own group (the k responses to one prompt, consecutive rows), not "
+                    "over the whole batch: the baseline is the other answers to the same prompt.",
+                ),
+                Mistake(
+                    "biased_std",
+                    lambda scores, rewards, mask, group_size: _score_swapped(
+                        rewards, mask, scores, _group_relative(scores, group_size, unbiased=False)
+                    ),
+                    "use the sample std of the k scores (divide by k - 1, torch.std's default), not the population one.",
+                ),
+                Mistake(
+                    "score_kept",
+                    lambda scores, rewards, mask, group_size: _score_swapped(
+                        rewards, mask, scores, scores + _group_relative(scores, group_size)
+                    ),
+                    "the relative score replaces s on the last token: subtract s from the rewards there first.",
+                ),
+                Mistake(
+                    "no_kl",
+                    lambda scores, rewards, mask, group_size: _group_relative(scores, group_size)[:, None] * mask,
+                    "keep the KL penalties: each token's advantage is the relative score plus the sum of the rewards "
+                    "-beta KL from that token on.",
+                ),
+            ],
+            "A_t = (s - group mean) / (group std + 1e-4) + the sum over t' >= t of the KL rewards (the rewards "
+            "without the score), per row, 0 on padding.",
         ),
     ]
 }

@@ -105,3 +105,20 @@ def ppo_policy_loss(
     )
     mask = mask.to(objective.dtype)
     return -(objective * mask).sum() / mask.sum()
+
+
+def grpo_advantages(scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+    """GRPO's advantages (B, T): the group-normalised score plus the KL rewards to go, one row at a time."""
+    advantages = torch.zeros_like(rewards)
+    for start in range(0, len(scores), group_size):
+        group = scores[start : start + group_size]
+        mean, std = group.mean(), group.std()  # the sample std: divides by k - 1
+        for b in range(start, start + group_size):
+            relative = (scores[b] - mean) / (std + 1e-4)
+            tokens = torch.nonzero(mask[b]).flatten().tolist()
+            to_go = relative  # the last token's score, replaced by the relative one
+            for t in reversed(tokens):
+                kl_reward = rewards[b, t] - (scores[b] if t == tokens[-1] else 0.0)
+                to_go = to_go + kl_reward
+                advantages[b, t] = to_go
+    return advantages

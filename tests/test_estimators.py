@@ -350,3 +350,44 @@ def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_ro
     )  # fmt: skip
     run_tagged_cell(ROOT / "3-RLHF.ipynb", "ppo-loop", namespace)
     assert any((p != 0).any() for p in policy.value_head.parameters())
+
+
+# ---------------------------------------------------------------------------
+# The comparison script: notebook 3 top to bottom with each estimator (smoke profile), best-of-N, the table and plot
+
+
+def test_the_comparison_runs_notebook_3_with_each_estimator_in_the_smoke_profile(tmp_path):
+    pytest.importorskip("nbclient")
+    from benchmarks import compare_estimators
+
+    steps = ["RLHF_NUM_ITERATIONS=3", "RLHF_EVAL_PROMPTS=16", "RLHF_CURVE_PROMPTS=8", "RLHF_MAX_TRAIN_SAMPLES=400",
+             "RLHF_NUM_EPOCHS=1", "RLHF_COMPARE_LOSSES=0", "RLHF_NORM_SAMPLES=64"]  # fmt: skip
+    argv = ["--profile", "smoke", "--output-dir", str(tmp_path / "out"), "--learning-rates", "1e-3,2e-3",
+            "--seeds", "0,1", "--best-of", "2", "--runs-dir", str(tmp_path / "runs"), "--json",
+            str(tmp_path / "r.json"), "--table", str(tmp_path / "t.md"), "--figure", str(tmp_path / "f.png"),
+            "--methods", ",".join(ADVANTAGE_ESTIMATORS)]  # fmt: skip
+    for step in steps:
+        argv += ["--set", step]
+    results = compare_estimators.main(argv)
+    runs = results["ppo"]
+    args = compare_estimators.parse_args(argv)
+    kept = compare_estimators.kept_rates(results, args)
+    assert len(runs) == len(ADVANTAGE_ESTIMATORS) * 3  # two rates at seed 0, the kept one at seed 1
+    for name, run in runs.items():
+        method = name.split("/")[0]
+        assert run["estimator"] == method and run["episodes"] == 3 * 64
+        assert run["samples_per_prompt"] == (4 if method in GROUP_ESTIMATORS else 1)
+        assert run["value_head_trained"] == (method == "gae"), name  # the value loss is off without a critic
+        assert all(math.isfinite(run["policy"][k]) for k in ("judge_positive_share", "kl_to_ref", "distinct_2"))
+        assert run["peak_rss_mb"] > 100 and run["loop_s"] > 0
+        assert run["sft"] == runs[f"gae/lr=0.001/seed={run['seed']}"]["sft"]  # one SFT model, the same prompts
+    for method in ADVANTAGE_ESTIMATORS:
+        objectives = {lr: compare_estimators.objective(runs[f"{method}/lr={lr:g}/seed=0"]) for lr in (1e-3, 2e-3)}
+        assert kept[method] == max(objectives, key=objectives.get)
+    best = results["best_of_n"]["0"]["by_n"]
+    assert best["1"]["positive_share"] == pytest.approx(runs["gae/lr=0.001/seed=0"]["sft"]["positive_share"])
+    assert best["2"]["raw_score_mean"] >= best["1"]["raw_score_mean"]  # the best of two is never worse
+    assert best["2"]["kl_to_ref"] == pytest.approx(math.log(2) - 0.5)
+    table = (tmp_path / "t.md").read_text()
+    assert all(compare_estimators.LABELS[m] in table for m in ADVANTAGE_ESTIMATORS) and "best-of-N, N = 2" in table
+    assert (tmp_path / "f.png").stat().st_size > 10_000

@@ -398,7 +398,9 @@ def test_the_output_checks_catch_a_token_and_a_path() -> None:
     assert not MACHINE_PATH.search("saved to outputs/cpu/sft_model") and not SECRET.search("tokens: 1,024")
 
 
-WORD_BUDGET = {"1-SFT.ipynb": 1800, "2-RM Training.ipynb": 2400, "3-RLHF.ipynb": 3600}  # the lesson first
+# The lesson first. Notebook 3: 3,600 words for PPO, and 800 for section 8 (the critic-free estimators, best-of-N,
+# and what their comparison measured).
+WORD_BUDGET = {"1-SFT.ipynb": 1800, "2-RM Training.ipynb": 2400, "3-RLHF.ipynb": 4400}
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
