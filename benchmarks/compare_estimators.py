@@ -244,7 +244,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     kept = kept_rates(results, args)
     header = (
         "| method | learning rate | judge positive % | reward model positive % | KL (nats / seq.) | distinct-2 "
-        "| repeat % | objective | PPO loop s | peak memory MB |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| repeat % | objective | training loop s | peak memory MB |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = []
     sft_runs = [results["ppo"][run_name(args.methods[0], kept[args.methods[0]], s)]["sft"] for s in args.seeds]
@@ -253,14 +253,16 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         f"| {spread([r['positive_share'] for r in sft_runs], 100)} | 0 | {spread([r['distinct_2'] for r in sft_runs], 1, 3)} "
         f"| {spread([r['repeat_share'] for r in sft_runs], 100)} | | | |"
     )
+    constants = results["ppo"][run_name(args.methods[0], kept[args.methods[0]], args.seeds[0])]  # beta, the penalty
     for n in [str(2**i) for i in range(int(math.log2(args.best_of)) + 1)][1:]:
         runs = [results["best_of_n"][str(s)] for s in args.seeds]
         summaries = [r["by_n"][n] for r in runs]
+        objectives = [objective(constants | {"policy": summary}) for summary in summaries]
         rows.append(
             f"| {LABELS['best_of_n']}, N = {n} | - | {spread([r['judge_positive_share'] for r in summaries], 100)} "
             f"| {spread([r['positive_share'] for r in summaries], 100)} | {summaries[0]['kl_to_ref']:.2f} "
             f"| {spread([r['distinct_2'] for r in summaries], 1, 3)} | {spread([r['repeat_share'] for r in summaries], 100)} "
-            f"| | {int(n)} samples per prompt | |"
+            f"| {spread(objectives, 1, 2)} | none: {int(n)} samples per prompt | |"
         )
     for method in args.methods:
         runs = [results["ppo"][run_name(method, kept[method], s)] for s in args.seeds]
@@ -303,7 +305,8 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     ax.plot([runs[0]["kl_to_ref"] for runs in bon], bon_judge, "k--", marker=".", label="best-of-N from SFT (N = 1 ... "
             f"{args.best_of})")  # fmt: skip
     for n, kl, judge in zip(sizes, [runs[0]["kl_to_ref"] for runs in bon], bon_judge):
-        ax.annotate(f"N={n}", (kl, judge), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        label = "SFT (N=1)" if n == "1" else f"N={n}"
+        ax.annotate(label, (kl, judge), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for i, method in enumerate(args.methods):
         color = f"C{i}"
         for lr in args.learning_rates:
@@ -321,7 +324,7 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     ax.set_title(f"{args.profile} profile: mean and range over {n_prompts} seeds; faint: other learning rates, seed "
                  f"{args.seeds[0]}", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -337,7 +340,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="the profile's output folder (RLHF_OUTPUT_DIR)")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
     parser.add_argument("--learning-rates", type=lambda s: [float(x) for x in s.split(",")],
-                        default=[7.5e-5, 1.5e-4, 3e-4], help="the tuning budget: each method tries each")  # fmt: skip
+                        default=[3.75e-5, 7.5e-5, 1.5e-4, 3e-4], help="the tuning budget: each method tries each")  # fmt: skip
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2],
                         help="the first tunes, the rest repeat the kept rate")  # fmt: skip
     parser.add_argument("--samples-per-prompt", type=int, default=4, help="k of rloo, grpo and dr_grpo")
