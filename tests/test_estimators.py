@@ -326,7 +326,7 @@ def test_the_notebooks_loop_raises_a_toy_reward_with_each_critic_free_estimator(
     assert all((p == 0).all() for p in policy.value_head.parameters())
 
 
-def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_rows):
+def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_rows, tmp_path):
     """The other side of the check above: with the critic, the same loop moves the value head."""
     from test_ppo import PROMPT_TOKENS, ShareOfSet
 
@@ -338,7 +338,7 @@ def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_ro
                               PROMPT_TOKENS)  # fmt: skip
     cfg = ru.PPOConfig(batch_size=16, minibatch_size=16, ppo_epochs=1, response_length=6, require_cuda=False,
                        curve_prompts=0, samples_every=10**9, checkpoint_every=0, checkpoint_minutes=0,
-                       num_iterations=2, normalize_scores=False)  # fmt: skip
+                       num_iterations=2, normalize_scores=False, checkpoint_dir=str(tmp_path / "checkpoint"))  # fmt: skip
     cpu = torch.device("cpu")
     namespace = dict(
         ru=ru, torch=torch, display=lambda *a, **k: None, device=cpu, precision=ru.resolve_precision(cpu, "fp32"),
