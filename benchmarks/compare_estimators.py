@@ -1,7 +1,7 @@
 """Beyond PPO, measured: PPO (GAE and a value head) beside RLOO, GRPO, Dr. GRPO, REINFORCE++ and best-of-N, on one
 task with one SFT model, one reward model and one episode budget.
 
-    python benchmarks/compare_estimators.py --dataset ../shared/data/sst2     # cpu profile: 81 min on 2 cores
+    python benchmarks/compare_estimators.py --dataset ../shared/data/sst2     # cpu profile: ~80 min on 2 cores
     python benchmarks/compare_estimators.py --report                          # the table and plot of a saved run
 
 What it does, in order:
