@@ -63,7 +63,7 @@ if typing.TYPE_CHECKING:  # for annotations only
     import pandas as pd
 
 from rlhf_support.checkpoints import REWARD_CONFIG, REWARD_MODEL_LAYOUT, recover_checkpoint, verify_checkpoint
-from rlhf_support.config import GROUP_ESTIMATORS
+from rlhf_support.config import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS
 from rlhf_support.device import FP32, Precision, eval_mode, use_fused_gelu
 from rlhf_support.errors import CheckpointError
 from rlhf_support.hub import load_pretrained
@@ -844,15 +844,11 @@ def compute_gae(
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t = r_t + gamma * G_{t+1} over each row's masked tokens, backwards, G = 0 after the last: (B, T)."""
-    mask = mask.to(rewards.dtype)
-    returns = torch.zeros_like(rewards)
-    running = rewards.new_zeros(rewards.shape[0])  # (B,): G of the next masked token; 0 past the end
-    for t in reversed(range(rewards.shape[1])):
-        m = mask[:, t]
-        running = m * (rewards[:, t] + gamma * running) + (1 - m) * running  # skip over unmasked positions
-        returns[:, t] = running * m
-    return returns
+    """G_t = r_t + gamma * G_{t+1} over each row's masked tokens, backwards, G = 0 after the last: (B, T).
+
+    That is GAE without a critic: with V = 0 each delta_t is r_t, and lambda = 1 sums them all."""
+    advantages, _ = compute_gae(torch.zeros_like(rewards), rewards, mask, gamma, lam=1.0)
+    return advantages
 
 
 def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -929,7 +925,7 @@ def compute_advantages(
         by_group = {"rloo": rloo_advantages, "grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages}[estimator]
         advantages = by_group(scores, rewards, mask, group_size, gamma)
     else:
-        raise ValueError(f"advantage_estimator={estimator!r}: use one of gae, rloo, grpo, dr_grpo, reinforce_pp.")
+        raise ValueError(f"advantage_estimator={estimator!r}: use one of {', '.join(ADVANTAGE_ESTIMATORS)}.")
     return advantages, returns_to_go(rewards, mask, gamma)
 
 

@@ -68,11 +68,11 @@ print("RESULT " + _json.dumps({
 
 
 def run_notebook(notebook: str, env: dict[str, str], extra_cell: str | None = None, timeout: int = 3600) -> str:
-    """Execute a notebook top to bottom in a fresh kernel with `env` set; returns the text the extra cell printed."""
+    """Execute a notebook top to bottom in a fresh kernel with `env` added to its environment (this process's stays
+    as it is); returns the text the extra cell printed."""
     import nbclient
     import nbformat
 
-    os.environ.update(env)
     nb = nbformat.read(ROOT / notebook, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -81,7 +81,7 @@ def run_notebook(notebook: str, env: dict[str, str], extra_cell: str | None = No
         nb.cells.append(nbformat.v4.new_code_cell(extra_cell))
     nbclient.NotebookClient(
         nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    ).execute()
+    ).execute(env=os.environ | env)
     return "".join(o.get("text", "") for o in nb.cells[-1].outputs) if extra_cell else ""
 
 
@@ -98,8 +98,7 @@ def base_env(args: argparse.Namespace) -> dict[str, str]:
 def output_dir(args: argparse.Namespace) -> Path:
     import rlhf_utils as ru
 
-    os.environ.update(base_env(args))
-    return ROOT / ru.make_config(ru.PPOConfig).output_dir
+    return ROOT / ru.make_config(ru.PPOConfig, os.environ | base_env(args)).output_dir
 
 
 def run_name(method: str, lr: float, seed: int) -> str:
@@ -320,8 +319,7 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
                     fmt="o", color=color, capsize=3, ms=7, label=f"{LABELS[method]}, lr {kept[method]:g}")  # fmt: skip
     ax.set_xlabel("KL to the SFT model, nats per sequence (held-out prompts)")
     ax.set_ylabel("judge (VADER) positive share, %")
-    n_prompts = len(args.seeds)
-    ax.set_title(f"{args.profile} profile: mean and range over {n_prompts} seeds; faint: other learning rates, seed "
+    ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other learning rates, seed "
                  f"{args.seeds[0]}", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")

@@ -3,6 +3,7 @@ each against a plain loop written from its paper's formula; and notebook 3's own
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -368,7 +369,9 @@ def test_the_comparison_runs_notebook_3_with_each_estimator_in_the_smoke_profile
             "--methods", ",".join(ADVANTAGE_ESTIMATORS)]  # fmt: skip
     for step in steps:
         argv += ["--set", step]
+    environment = dict(os.environ)
     results = compare_estimators.main(argv)
+    assert dict(os.environ) == environment  # the settings went to the kernels, not into this process
     runs = results["ppo"]
     args = compare_estimators.parse_args(argv)
     kept = compare_estimators.kept_rates(results, args)
