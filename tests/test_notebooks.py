@@ -386,6 +386,7 @@ def test_committed_outputs_are_one_named_run_without_secrets_or_paths(notebook: 
     text = "\n".join(committed_output_text(c) for c in code)
     assert not SECRET.search(text), SECRET.search(text)
     assert not MACHINE_PATH.search(text), text[max(0, MACHINE_PATH.search(text).start() - 200) :][:400]
+    assert "Resuming from the checkpoint" not in text, "a complete run trains: this one resumed a finished checkpoint"
     (config_cell,) = [c for c in code if "make_config(ru." in c.source]
     profile = re.search(r"^profile\s+(\w+)", committed_output_text(config_cell), flags=re.M)
     assert profile and profile.group(1) == note.group(1), "the note names the profile the outputs came from"
