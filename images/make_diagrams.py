@@ -146,7 +146,7 @@ def _stage_panel(ax, x0, w, y0, y1, number, title, notebook, style):
 
 
 def draw_rlhf_pipeline():
-    fig, ax = new_canvas(11.8, 5.6, y_min=0.3)
+    fig, ax = new_canvas(11.8, 5.85, y_min=0.05)
     y0, y1 = 1.2, 5.75  # vertical extent of the stage panels
     pw = 3.5  # panel width
     xs = [0.15, 4.15, 8.15]  # panel left edges
@@ -236,7 +236,17 @@ def draw_rlhf_pipeline():
     gap_x = (xs[1] + pw + xs[2]) / 2
     rm_col = RM["edge"]
     arrow(ax, [(c2 + 1.1, 1.72), (gap_x, 1.72), (gap_x, 3.05), (c3 - 1.5, 3.05)], color=rm_col, lw=2.2)
-    text(ax, gap_x - 0.13, 2.35, "scores r(x)", size=11, color=rm_col, rotation=90)
+    text(ax, gap_x - 0.13, 2.35, "scores $s(x, y)$", size=11, color=rm_col, rotation=90)
+    text(
+        ax,
+        0.15,
+        0.2,
+        "as in the full profile (pretrained GPT-2 small); the cpu and smoke profiles train a small GPT-2 from scratch",
+        size=9.5,
+        color=MUTED,
+        ha="left",
+        style="italic",
+    )
 
     return save(fig, "rlhf_pipeline.png")
 
@@ -339,7 +349,19 @@ def draw_reward_model():
     text(ax, hx, head_y, "linear head: hidden (768) $\\rightarrow$ 1 scalar", size=12, weight="bold")
     arrow(ax, [(hx, head_y + 0.3), (hx, out_y - 0.27)], color=accent, lw=2.2)
     box(ax, hx, out_y, 3.7, 0.52, accent, accent, lw=1.8)
-    text(ax, hx, out_y, "score  $r(x) = w \\cdot h_{\\mathrm{EOS}} + b$", size=13, color="white", weight="bold")
+    text(
+        ax, hx, out_y, "score  $s_\\phi(x, y) = w \\cdot h_{\\mathrm{EOS}} + b$", size=13, color="white", weight="bold"
+    )
+    text(
+        ax,
+        0.2,
+        0.15,
+        "sizes of the full profile (GPT-2 small: 12 blocks, 768 wide); the cpu profile's model is smaller",
+        size=9.5,
+        color=MUTED,
+        ha="left",
+        style="italic",
+    )
 
     # side note: the same head as a value function in PPO
     nx, ny, nw, nh = 11.2, 4.45, 2.7, 1.9
@@ -477,6 +499,17 @@ def draw_sft_masking():
     text(ax, label_x, y_id, "token id", size=11, ha="right", color=MUTED)
     text(ax, label_x, y_att, "attention mask", size=11, ha="right", color=MUTED)
     text(ax, right_x + 0.2, y_id, "pad id == eos id", size=11, color=BAD["edge"], ha="left", weight="bold")
+    text(
+        ax,
+        right_x + 0.2,
+        y_id - 0.3,
+        "(50256: GPT-2 small's;\nthe cpu profile's is 0)",
+        size=9.5,
+        color=MUTED,
+        ha="left",
+        style="italic",
+        linespacing=1.2,
+    )
 
     ax.plot([0.3, right_x], [2.85, 2.85], color="#D5D9DE", lw=1.0)
     text(ax, left_x, 2.59, "labels for the loss  (-100 = ignored)", size=11, color=MUTED, ha="left", style="italic")
