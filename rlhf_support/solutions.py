@@ -68,16 +68,18 @@ def probability_ratio(score_gap: float, kl_coef: float) -> float:
 
 def compute_rewards(
     scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
-) -> torch.Tensor:
-    """Per-token rewards r_t = -beta (log pi - log pi_ref) on response tokens, plus the score on the last one."""
-    rewards = torch.zeros_like(logprobs)  # (B, T)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards r_t = -beta (log pi - log pi_ref) on response tokens, plus the score on the last one; and the
+    per-token KL, the log-ratio itself."""
+    rewards, kl = torch.zeros_like(logprobs), torch.zeros_like(logprobs)  # (B, T) each
     for b in range(logprobs.shape[0]):
-        real = torch.nonzero(mask[b]).flatten()
+        real = torch.nonzero(mask[b]).flatten().tolist()
         for t in real:
-            rewards[b, t] = -kl_coef * (logprobs[b, t] - ref_logprobs[b, t])
-        if len(real):
+            kl[b, t] = logprobs[b, t] - ref_logprobs[b, t]
+            rewards[b, t] = -kl_coef * kl[b, t]
+        if real:  # a row with no response token gets no score
             rewards[b, real[-1]] += scores[b]  # the score arrives with the last real token, not the last column
-    return rewards
+    return rewards, kl
 
 
 def compute_gae(
@@ -107,7 +109,27 @@ def ppo_policy_loss(
     return -(objective * mask).sum() / mask.sum()
 
 
-def grpo_advantages(scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int) -> torch.Tensor:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range_value: float
+) -> torch.Tensor:
+    """The clipped value loss: half the masked mean of the larger of the two squared errors."""
+    clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)  # V_old +- eps
+    errors = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)  # the pessimistic one, per token
+    mask = mask.to(errors.dtype)
+    return 0.5 * (errors * mask).sum() / mask.sum()
+
+
+def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """k3 = (rho - 1) - log rho per token, rho = pi / pi_old, averaged over the response tokens."""
+    log_ratio = logprobs - old_logprobs
+    k3 = torch.exp(log_ratio) - 1 - log_ratio  # >= 0 on every token
+    mask = mask.to(k3.dtype)
+    return (k3 * mask).sum() / mask.sum()
+
+
+def grpo_advantages(
+    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float
+) -> torch.Tensor:
     """GRPO's advantages (B, T): the group-normalised score plus the KL rewards to go, one row at a time."""
     advantages = torch.zeros_like(rewards)
     for start in range(0, len(scores), group_size):
@@ -116,9 +138,25 @@ def grpo_advantages(scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Ten
         for b in range(start, start + group_size):
             relative = (scores[b] - mean) / (std + 1e-4)
             tokens = torch.nonzero(mask[b]).flatten().tolist()
-            to_go = relative  # the last token's score, replaced by the relative one
-            for t in reversed(tokens):
-                kl_reward = rewards[b, t] - (scores[b] if t == tokens[-1] else 0.0)
-                to_go = to_go + kl_reward
+            to_go = 0.0
+            for t in reversed(tokens):  # the rewards, with the last token's score replaced by the relative one
+                reward = rewards[b, t] + (relative - scores[b]) if t == tokens[-1] else rewards[b, t]
+                to_go = reward + gamma * to_go
                 advantages[b, t] = to_go
     return advantages
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """The DPO loss, pair by pair: -log sigmoid of beta times the gap between the two responses' log-ratios."""
+    losses = []
+    for k in range(len(chosen_logps)):
+        chosen_ratio = chosen_logps[k] - ref_chosen_logps[k]  # log pi(y_w) / pi_ref(y_w): the implicit reward / beta
+        rejected_ratio = rejected_logps[k] - ref_rejected_logps[k]
+        losses.append(-F.logsigmoid(beta * (chosen_ratio - rejected_ratio)))  # logsigmoid: no overflow
+    return torch.stack(losses).mean()
