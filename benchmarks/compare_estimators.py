@@ -38,7 +38,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
+from rlhf_support.config import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS  # noqa: E402
+
+ESTIMATORS = ADVANTAGE_ESTIMATORS  # notebook 3's loop, advantage_estimator
+DPO_METHODS = ("dpo_offline", "dpo_online")  # notebook 3's DPO loop (section 8.3): pairs once, or every round
+METHODS = ESTIMATORS + DPO_METHODS
 LABELS = {
     "sft": "SFT model (no training)",
     "gae": "PPO (GAE, value head)",
@@ -46,22 +50,28 @@ LABELS = {
     "grpo": "GRPO",
     "dr_grpo": "Dr. GRPO",
     "reinforce_pp": "REINFORCE++",
+    "dpo_offline": "DPO, offline (pairs from the SFT model, once)",
+    "dpo_online": "DPO, online (fresh pairs every round)",
     "best_of_n": "best-of-N",
 }
-GROUP_METHODS = ("rloo", "grpo", "dr_grpo")
+GROUP_METHODS = GROUP_ESTIMATORS
 
 # Appended to notebook 3: what the comparison reads back from the kernel, as one line of JSON.
 RESULT_CELL = """
 import json as _json
 import resource as _resource
-_loop = history.to_frame()[["time/generate_s", "time/score_s", "time/optimise_s"]].sum().sum()
+_dpo = cfg.dpo_pairs > 0
+_loop = dpo_seconds if _dpo else history.to_frame()[["time/generate_s", "time/score_s", "time/optimise_s"]].sum().sum()
 print("RESULT " + _json.dumps({
-    "sft": sft_summary, "policy": ppo_summary, "verdict": health.attrs["verdict"], "loop_s": float(_loop),
+    "sft": sft_summary, "policy": dpo_summary if _dpo else ppo_summary, "loop_s": float(_loop),
+    "verdict": "-" if _dpo else health.attrs["verdict"], "dpo_beta": cfg.dpo_beta, "dpo_rounds": cfg.dpo_rounds,
+    "implicit_reward_agreement": agreement if _dpo else None,
     "peak_rss_mb": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024,
     "kl_coef": float(kl_controller.value), "score_mean": score_mean, "score_std": score_std,
     "missing_eos_penalty": cfg.missing_eos_penalty, "estimator": cfg.advantage_estimator,
-    "samples_per_prompt": cfg.samples_per_prompt, "learning_rate": cfg.learning_rate, "seed": cfg.seed,
-    "episodes": cfg.num_iterations * cfg.batch_size,
+    "samples_per_prompt": cfg.samples_per_prompt, "seed": cfg.seed,
+    "learning_rate": cfg.dpo_learning_rate if _dpo else cfg.learning_rate,
+    "episodes": 2 * cfg.dpo_pairs if _dpo else cfg.num_iterations * cfg.batch_size,
     "value_head_trained": any(bool((p != 0).any()) for p in policy.value_head.parameters()),
 }))
 """
@@ -101,23 +111,48 @@ def output_dir(args: argparse.Namespace) -> Path:
     return ROOT / ru.make_config(ru.PPOConfig, os.environ | base_env(args)).output_dir
 
 
-def run_name(method: str, lr: float, seed: int) -> str:
-    return f"{method}/lr={lr:g}/seed={seed}"
+def settings_of(method: str, args: argparse.Namespace) -> list[str]:
+    """The tuning budget of a method: its learning rates (the estimators), or beta and learning rate pairs (DPO)."""
+    if method in DPO_METHODS:
+        return [f"beta={beta:g},lr={lr:g}" for beta in args.dpo_betas for lr in args.dpo_learning_rates]
+    return [f"lr={lr:g}" for lr in args.learning_rates]
 
 
-def ppo_run(args: argparse.Namespace, method: str, lr: float, seed: int) -> dict[str, Any]:
-    """Notebook 3 with one estimator, learning rate and seed, in its own folders; its RESULT line, with the wall time."""
-    folder = Path(args.runs_dir).resolve() / method / f"lr={lr:g}" / f"seed={seed}"
+def run_name(method: str, setting: str, seed: int) -> str:
+    return f"{method}/{setting}/seed={seed}"
+
+
+def ppo_run(args: argparse.Namespace, method: str, setting: str, seed: int) -> dict[str, Any]:
+    """Notebook 3 with one method, setting and seed, in its own folders; its RESULT line, with the wall time.
+
+    An estimator runs the PPO loop (section 4) for the whole budget, section 8 skipped; DPO runs its loop of section
+    8.3 with the whole budget of pairs (2 responses each), after a PPO loop of one iteration that it does not use."""
+    folder = Path(args.runs_dir).resolve() / method / setting / f"seed={seed}"
+    values = dict(item.split("=") for item in setting.split(","))
     env = base_env(args) | {
-        "RLHF_ADVANTAGE_ESTIMATOR": method,
-        "RLHF_SAMPLES_PER_PROMPT": str(args.samples_per_prompt if method in GROUP_METHODS else 1),
-        "RLHF_LEARNING_RATE": repr(lr),
         "RLHF_SEED": str(seed),
         "RLHF_CHECKPOINT_DIR": str(folder / "checkpoint"),
         "RLHF_POLICY_DIR": str(folder / "policy"),
         "RLHF_FIGURES_DIR": str(folder / "figures"),
         "RLHF_RESUME": "0",
+        "RLHF_SECTION8_ITERATIONS": "0",
     }
+    if method in DPO_METHODS:
+        episodes = args.episodes
+        env |= {
+            "RLHF_NUM_ITERATIONS": "1",
+            "RLHF_DPO_PAIRS": str(episodes // 2),
+            "RLHF_DPO_ROUNDS": "1" if method == "dpo_offline" else str(args.dpo_online_rounds),
+            "RLHF_DPO_BETA": values["beta"],
+            "RLHF_DPO_LEARNING_RATE": values["lr"],
+        }
+    else:
+        env |= {
+            "RLHF_ADVANTAGE_ESTIMATOR": method,
+            "RLHF_SAMPLES_PER_PROMPT": str(args.samples_per_prompt if method in GROUP_METHODS else 1),
+            "RLHF_LEARNING_RATE": values["lr"],
+            "RLHF_DPO_PAIRS": "0",
+        }
     started = time.perf_counter()
     printed = run_notebook("3-RLHF.ipynb", env, RESULT_CELL, timeout=args.timeout)
     line = next(line for line in printed.splitlines() if line.startswith("RESULT "))
@@ -143,7 +178,7 @@ def best_of_n_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     reward_model, _, info = ru.load_reward_model(reward_path, device)
     dataset = ru.load_sst2(cfg.dataset_name)
     prompts = ru.make_prompts(
-        dataset["validation"]["sentence"], tokenizer, cfg.prompt_min_tokens, cfg.prompt_max_tokens, seed=cfg.seed + 1
+        dataset["validation"]["sentence"], tokenizer, cfg.prompt_min_words, cfg.prompt_max_words, seed=cfg.seed + 1
     )  # fmt: skip  (notebook 3's evaluation prompts)
     prompts = prompts[: cfg.eval_prompts] if cfg.eval_prompts else prompts
     judge, started, tables = ru.SentimentJudge(), time.perf_counter(), []
@@ -208,11 +243,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{time.perf_counter() - started:7.0f} s  done {kind} {key}", flush=True)
 
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context, max_tasks_per_child=1) as pool:
-        tuning = [("ppo", run_name(m, lr, args.seeds[0]), ppo_run, (m, lr, args.seeds[0]))
-                  for m in args.methods for lr in args.learning_rates]  # fmt: skip
+        tuning = [("ppo", run_name(m, setting, args.seeds[0]), ppo_run, (m, setting, args.seeds[0]))
+                  for m in args.methods for setting in settings_of(m, args)]  # fmt: skip
         tuning += [("best_of_n", str(seed), best_of_n_run, (seed,)) for seed in args.seeds]
         submit_all(pool, tuning)
-        kept = kept_rates(results, args)
+        kept = kept_settings(results, args)
         seeds = [("ppo", run_name(m, kept[m], seed), ppo_run, (m, kept[m], seed))
                  for m in args.methods for seed in args.seeds[1:]]  # fmt: skip
         submit_all(pool, seeds)
@@ -221,12 +256,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def kept_rates(results: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
-    """Per method, the learning rate whose seed-0 run had the highest held-out objective."""
+def kept_settings(results: dict[str, Any], args: argparse.Namespace) -> dict[str, str]:
+    """Per method, the setting whose seed-0 run had the highest held-out objective."""
     kept = {}
     for method in args.methods:
-        runs = {lr: results["ppo"][run_name(method, lr, args.seeds[0])] for lr in args.learning_rates}
-        kept[method] = max(runs, key=lambda lr: objective(runs[lr]))
+        runs = {
+            setting: results["ppo"][run_name(method, setting, args.seeds[0])] for setting in settings_of(method, args)
+        }
+        kept[method] = max(runs, key=lambda setting: objective(runs[setting]))
     return kept
 
 
@@ -239,11 +276,11 @@ def spread(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def report(results: dict[str, Any], args: argparse.Namespace) -> str:
-    """The comparison as a Markdown table: one row per method at its kept rate, mean (min-max) over the seeds."""
-    kept = kept_rates(results, args)
+    """The comparison as a Markdown table: one row per method at its kept setting, mean (min-max) over the seeds."""
+    kept = kept_settings(results, args)
     header = (
-        "| method | learning rate | judge positive % | reward model positive % | KL (nats / seq.) | distinct-2 "
-        "| repeat % | objective | training loop s | peak memory MB |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| method | setting | judge positive % | reward model positive % | KL (nats / seq.) | distinct-2 "
+        "| repeat % | objective | training s | peak memory MB |\n|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = []
     sft_runs = [results["ppo"][run_name(args.methods[0], kept[args.methods[0]], s)]["sft"] for s in args.seeds]
@@ -267,37 +304,35 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
         runs = [results["ppo"][run_name(method, kept[method], s)] for s in args.seeds]
         policy = [r["policy"] for r in runs]
         rows.append(
-            f"| {LABELS[method]} | {kept[method]:g} | {spread([p['judge_positive_share'] for p in policy], 100)} "
+            f"| {LABELS[method]} | {kept[method]} | {spread([p['judge_positive_share'] for p in policy], 100)} "
             f"| {spread([p['positive_share'] for p in policy], 100)} | {spread([p['kl_to_ref'] for p in policy], 1, 2)} "
             f"| {spread([p['distinct_2'] for p in policy], 1, 3)} | {spread([p['repeat_share'] for p in policy], 100)} "
             f"| {spread([objective(r) for r in runs], 1, 2)} | {spread([r['loop_s'] for r in runs], 1, 0)} "
             f"| {spread([r['peak_rss_mb'] for r in runs], 1, 0)} |"
         )
-    tuning = ["| method | " + " | ".join(f"lr {lr:g}" for lr in args.learning_rates) + " |",
-              "|---|" + "---|" * len(args.learning_rates)]  # fmt: skip
+    tuning = ["| method | setting | objective | judge positive % | KL | health verdict |", "|---|---|---|---|---|---|"]
     for method in args.methods:
-        cells = []
-        for lr in args.learning_rates:
-            r = results["ppo"][run_name(method, lr, args.seeds[0])]
-            mark = " (kept)" if lr == kept[method] else ""
-            cells.append(
-                f"objective {objective(r):.2f}, judge {100 * r['policy']['judge_positive_share']:.1f}%, "
-                f"KL {r['policy']['kl_to_ref']:.2f}, {r['verdict']}{mark}"
+        for setting in settings_of(method, args):
+            r = results["ppo"][run_name(method, setting, args.seeds[0])]
+            mark = " **(kept)**" if setting == kept[method] else ""
+            tuning.append(
+                f"| {LABELS[method]} | {setting}{mark} | {objective(r):.2f} | {100 * r['policy']['judge_positive_share']:.1f} "
+                f"| {r['policy']['kl_to_ref']:.2f} | {r['verdict']} |"
             )
-        tuning.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     return "\n".join([header, *rows, "", f"Tuning, seed {args.seeds[0]}:", "", *tuning])
 
 
 def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
-    """The frontier: the judge's positive share against the KL, each method at its kept rate (mean, and the range
-    over seeds as error bars), its other tuning runs faint, best-of-N as a line over N, the SFT model at KL 0."""
+    """The frontier: the judge's positive share against the KL, each method at its kept setting (mean, and the range
+    over seeds as error bars), its other tuning runs faint, best-of-N as a line over N, the SFT model at KL 0, and
+    notebook 3's own committed run (--notebook-run) as a star."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kept = kept_rates(results, args)
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    kept = kept_settings(results, args)
+    fig, ax = plt.subplots(figsize=(7.8, 4.8))
     sizes = [str(2**i) for i in range(int(math.log2(args.best_of)) + 1)]
     bon = [[results["best_of_n"][str(s)]["by_n"][n] for s in args.seeds] for n in sizes]
     bon_judge = [100 * statistics.mean(r["judge_positive_share"] for r in runs) for runs in bon]
@@ -307,22 +342,26 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
         label = "SFT (N=1)" if n == "1" else f"N={n}"
         ax.annotate(label, (kl, judge), textcoords="offset points", xytext=(4, -10), fontsize=7)
     for i, method in enumerate(args.methods):
-        color = f"C{i}"
-        for lr in args.learning_rates:
-            if lr != kept[method]:
-                r = results["ppo"][run_name(method, lr, args.seeds[0])]["policy"]
-                ax.plot(r["kl_to_ref"], 100 * r["judge_positive_share"], "o", color=color, alpha=0.25, ms=5)
+        color, marker = f"C{i}", "s" if method in DPO_METHODS else "o"
+        for setting in settings_of(method, args):
+            if setting != kept[method]:
+                r = results["ppo"][run_name(method, setting, args.seeds[0])]["policy"]
+                ax.plot(r["kl_to_ref"], 100 * r["judge_positive_share"], marker, color=color, alpha=0.25, ms=5)
         policy = [results["ppo"][run_name(method, kept[method], s)]["policy"] for s in args.seeds]
         kls, judges = [p["kl_to_ref"] for p in policy], [100 * p["judge_positive_share"] for p in policy]
         x, y = statistics.mean(kls), statistics.mean(judges)
         ax.errorbar(x, y, xerr=[[x - min(kls)], [max(kls) - x]], yerr=[[y - min(judges)], [max(judges) - y]],
-                    fmt="o", color=color, capsize=3, ms=7, label=f"{LABELS[method]}, lr {kept[method]:g}")  # fmt: skip
+                    fmt=marker, color=color, capsize=3, ms=7, label=f"{LABELS[method]}, {kept[method]}")  # fmt: skip
+    if args.notebook_run and Path(args.notebook_run).exists():
+        meta = json.loads((Path(args.notebook_run) / "checkpoint.json").read_text())["meta"]["eval"]
+        ax.plot(meta["kl_to_ref"], 100 * meta["judge_positive_share"], "*", color="black", ms=13,
+                label="notebook 3's committed run (PPO, its own settings, 2 threads)")  # fmt: skip
     ax.set_xlabel("KL to the SFT model, nats per sequence (held-out prompts)")
     ax.set_ylabel("judge (VADER) positive share, %")
-    ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other learning rates, seed "
+    ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other settings, seed "
                  f"{args.seeds[0]}", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -342,6 +381,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2],
                         help="the first tunes, the rest repeat the kept rate")  # fmt: skip
     parser.add_argument("--samples-per-prompt", type=int, default=4, help="k of rloo, grpo and dr_grpo")
+    parser.add_argument("--dpo-betas", type=lambda s: [float(x) for x in s.split(",")], default=[0.05, 0.2],
+                        help="DPO's tuning budget: each beta with each --dpo-learning-rates")  # fmt: skip
+    parser.add_argument("--dpo-learning-rates", type=lambda s: [float(x) for x in s.split(",")], default=[5e-5, 2e-4])
+    parser.add_argument("--dpo-online-rounds", type=int, default=120, help="online DPO: rounds of fresh pairs")
+    parser.add_argument("--episodes", type=int, default=15360,
+                        help="sampled responses per run: the estimators' num_iterations x batch_size (the cpu "
+                             "profile's 120 x 128); DPO samples as many, two per pair")  # fmt: skip
+    parser.add_argument("--notebook-run", default="outputs/cpu/ppo_policy",
+                        help="notebook 3's own committed run (its saved policy), marked on the plot")  # fmt: skip
     parser.add_argument("--best-of", type=int, default=16, help="largest N of best-of-N (a power of 2)")
     parser.add_argument("--workers", type=int, default=2, help="notebooks run at a time, one thread each")
     parser.add_argument("--set", action="append", default=[], help="more RLHF_ settings, NAME=value (repeatable)")
