@@ -2,14 +2,20 @@
 
 The three notebooks teach; this module holds the one implementation of each piece they teach,
 so that the tests in `tests/` check exactly the code the notebooks run. It reads top to bottom
-in the order a learner meets the pieces:
+in the order a learner meets the pieces: each function sits where the notebooks first call it, a helper before its
+first user (tests/test_core_order.py checks both).
 
-    1. SFT (notebook 1) -> 2. the reward model (notebook 2) -> 3. generation -> 4. the PPO math
-    -> 5. the policy passes -> 6. evaluation (notebook 3)
+    0. your pieces -> 1. SFT (notebook 1) -> 2. the reward model (notebook 2) -> 3. the rollout: the policy,
+    generation, scores, log-probs -> 4. the PPO math -> 5. the loop and the evaluation -> 6. beyond PPO: critic-free
+    estimators, best-of-n, DPO (notebook 3)
 
-The plumbing (config and profiles, checkpoints and resume, Colab and Drive, the hub, device and precision,
-reporting, dataset checks, errors) lives in the package rlhf_support/, one concern per module; it never imports
-this module. The support names the notebooks call as `ru.<name>` are re-exported below, in one place.
+One PPO iteration of notebook 3's loop cell reads forward through sections 3 and 4 (generate, score, log-probs, the
+KL-shaped reward, GAE, the clipped losses); its own helpers (prompts, minibatches) sit in section 5, where the loop
+first calls them, and section 8's estimators in section 6. The plumbing (config and profiles, checkpoints
+and resume, Colab and Drive, the hub, device and precision, reporting, the loop's metrics, evaluation's text
+statistics and judge, the health table, errors) lives in the package rlhf_support/, one concern per module; it never
+imports this module. The support names the notebooks call as `ru.<name>` come in through one line, from
+rlhf_support.exports.
 
 Shapes: B = batch, T = tokens, P = prompt tokens, R = response tokens, V = vocabulary, H = hidden.
 `mask` tensors are 1 on the tokens that count (response tokens in PPO) and 0 elsewhere.
@@ -38,17 +44,18 @@ References (equation numbers are the papers'):
 - [Hu25]       Hu, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models", 2025,
                arXiv:2501.03262: per-token KL in the reward, returns-to-go normalised over the whole batch.
 - [Beirami24]  Beirami et al., "Theoretical guarantees on the best-of-n alignment policy", 2024, arXiv:2401.01879:
-               log n - (n - 1) / n is an upper bound on best-of-n's KL, exact when no two samples tie.
+               log n - (n - 1) / n is an upper bound on best-of-n's KL, exact only when ties have probability 0.
+- [Rafailov23] Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
+               2023, arXiv:2305.18290. Eq. (7): the DPO loss; Sec. 5: the implicit reward beta log(pi / pi_ref).
 - [Hutto14]    Hutto and Gilbert, "VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social
-               Media Text", ICWSM 2014: the independent judge (SentimentJudge).
+               Media Text", ICWSM 2014: the independent judge (rlhf_support.evaluation.SentimentJudge).
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 import math
 import random
+import sys
 import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -62,87 +69,38 @@ import torch.nn.functional as F
 if typing.TYPE_CHECKING:  # for annotations only
     import pandas as pd
 
-from rlhf_support.checkpoints import REWARD_CONFIG, REWARD_MODEL_LAYOUT, recover_checkpoint, verify_checkpoint
-from rlhf_support.config import ADVANTAGE_ESTIMATORS, GROUP_ESTIMATORS
+from rlhf_support.checkpoints import load_reward_weights, reward_model_folder
+from rlhf_support.config import ADVANTAGE_ESTIMATORS, ESTIMATORS, GROUP_ESTIMATORS, PPOConfig
 from rlhf_support.device import FP32, Precision, eval_mode, use_fused_gelu
-from rlhf_support.errors import CheckpointError
-from rlhf_support.hub import load_pretrained
+from rlhf_support.evaluation import SentimentJudge, decode_prompts, decode_responses, summarise_evaluation
+from rlhf_support.exercises import EXERCISES, CheckResult
+from rlhf_support.exercises.pieces import Pieces, PPOPieces
+from rlhf_support.exports import *  # noqa: F403  (the support names the notebooks call as ru.<name>: its __all__)
+from rlhf_support.hub import load_pretrained, load_tokenizer
+from rlhf_support.metrics import masked_mean, masked_var
+from rlhf_support.model_calls import attention_mask_4d, in_chunks, kv_cache_name
+from rlhf_support.preference_pairs import PreferencePairs, pairs_from_samples
 
-# isort: split
-# The support names the notebooks call as ru.<name>, re-exported here, in one place (their code is in rlhf_support/).
-from rlhf_support.checkpoints import (  # noqa: F401
-    make_output_folders,
-    require_same_vocabulary,
-    save_causal_lm,
-    save_reward_model,
-)
-from rlhf_support.colab import (  # noqa: F401
-    colab_install,
-    finish_drive_uploads,
-    in_colab,
-    keep_outputs_on_drive,
-)
-from rlhf_support.config import (  # noqa: F401
-    PPOConfig,
-    RMConfig,
-    SFTConfig,
-    config_table,
-    make_config,
-    split_list,
-)
-from rlhf_support.data import (  # noqa: F401
-    load_sst2,
-)
-from rlhf_support.device import (  # noqa: F401
-    count_parameters,
-    describe_device,
-    device_clock,
-    resolve_device,
-    resolve_precision,
-    seed_everything,
-)
-from rlhf_support.errors import (  # noqa: F401
-    RLHFError,
-)
-from rlhf_support.exercises import (  # noqa: F401
-    CheckResult,
-)
-from rlhf_support.exercises import check as check_against_reference
-from rlhf_support.exercises import solution as show_solution  # noqa: F401
-from rlhf_support.guards import (  # noqa: F401
-    data_fingerprint,
-    save_unless_worse,
-    stop_if_diverged,
-)
-from rlhf_support.hub import (  # noqa: F401
-    load_causal_lm,
-    load_tokenizer,
-    push_folder_to_hub,
-)
-from rlhf_support.loop import (  # noqa: F401
-    LoopBook,
-)
-from rlhf_support.profiles import (  # noqa: F401
-    prepare_profile,
-)
-from rlhf_support.reporting import (  # noqa: F401
-    History,
-    plot_history,
-    progress,
-    save_figure,
-    show_source,
-)
-from rlhf_support.resume import (  # noqa: F401
-    checkpoint_due,
-    find_ppo_inputs,
-    ppo_run_signature,
-    ppo_write_plan,
-    resume_or_start,
-    save_ppo_checkpoint,
-)
+_THIS_MODULE = sys.modules[__name__]  # the tested pieces, where a caller passes no `pieces` of its own
+
 
 # -----------------------------------------------------------------------------
-# 1. SFT: data shaping, the loss, the schedule, the optimizer (notebook 1)
+# 0. Your pieces: which function each notebook's training runs, yours (once checked) or the tested one
+
+
+def pieces(notebook: str, device: torch.device | None = None, precision: Precision | None = None) -> Pieces:
+    """The pieces a notebook's training runs: each exercise's tested function here, or the learner's once
+    `pieces.check(name, my_fn)` passed (on `device` and `precision` too, the training's)."""
+    return Pieces(notebook, _THIS_MODULE, device, precision)
+
+
+def check_exercise(name: str, fn: Callable[..., Any], **settings: Any) -> CheckResult:
+    """Check a learner's `fn` for exercise `name` against the tested one, on the CPU (never raises)."""
+    return Pieces(EXERCISES[name].notebook, _THIS_MODULE).check(name, fn, **settings)
+
+
+# -----------------------------------------------------------------------------
+# 1. SFT: data shaping, the loss, samples, the schedule, the optimizer (notebook 1)
 
 
 def tokenize_sentences(
@@ -223,6 +181,56 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     )
 
 
+def sample_batches(
+    lm: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    precision: Precision = FP32,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One sampled continuation of each prompt (lists of token ids), batch by batch, in eval mode: yields
+    (prompt_ids, prompt_mask, responses, response_mask), (b, P) left-padded and (b, R), on the model's device.
+
+    One generator seeded `seed` draws every batch's tokens, so the same prompts and seed sample alike.
+    """
+    device = next(lm.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    with eval_mode(lm):
+        for start in range(0, len(prompts), batch_size):
+            prompt_ids, prompt_mask = pad_batch(prompts[start : start + batch_size], pad_id, side="left")
+            prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (b, P)
+            responses, response_mask = generate(lm, prompt_ids, prompt_mask, max_new_tokens, eos_id, pad_id,
+                                                temperature, generator, precision)  # fmt: skip
+            yield prompt_ids, prompt_mask, responses, response_mask  # (b, R): responses and their mask
+
+
+def sample_continuations(
+    lm: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    precision: Precision = FP32,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> tuple[list[str], torch.Tensor]:
+    """Sample one continuation per prompt (lists of token ids), in left-padded batches, in eval mode (`sample_batches`).
+
+    Returns the continuations' text (EOS dropped) and whether each ended with EOS, (N,) bool on the CPU.
+    A fixed `seed` draws the same random numbers each call, so before/after comparisons sample alike.
+    """
+    texts, ended = [], []
+    batches = sample_batches(lm, tokenizer, prompts, max_new_tokens, temperature, precision, seed, batch_size)
+    for _, _, responses, response_mask in batches:  # (b, R) each
+        texts += decode_responses(tokenizer, responses, response_mask)
+        ended.append(ends_with_eos(responses, response_mask, tokenizer.eos_token_id).cpu())
+    return texts, torch.cat(ended) if ended else torch.zeros(0, dtype=torch.bool)
+
+
 @torch.no_grad()
 def validation_loss(
     lm: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]], precision: Precision = FP32
@@ -232,54 +240,35 @@ def validation_loss(
     Every token weighs the same, however the sentences were batched; perplexity = exp(this loss).
     """
     device = next(lm.parameters()).device
-    autocast = precision.autocast()
     with eval_mode(lm):
         total, count = torch.zeros((), device=device), 0
         for input_ids, attention_mask in batches:
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
             labels = lm_labels(input_ids, attention_mask)  # (B, T)
-            with autocast:
+            with precision.autocast():
                 logits = lm(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
             total += causal_lm_loss(logits, labels, reduction="sum")
             count += int((labels[:, 1:] != -100).sum())
     return total.item() / max(count, 1)
 
 
-def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
-    """Steps of linear warmup: warmup_ratio of the steps, rounded up (so any ratio > 0 warms up at least one step)."""
-    return math.ceil(warmup_ratio * total_steps)
+def make_prompts(
+    sentences: Sequence[str], tokenizer: Any, min_words: int = 2, max_words: int = 8, seed: int = 0
+) -> list[list[int]]:
+    """Prompts: each sentence's first k words as token ids, k drawn uniformly from [min_words, max_words].
 
-
-def lr_lambda(schedule: str, warmup: int, total_steps: int) -> Callable[[int], float]:
-    """Learning-rate multiplier per step: linear warmup from 0 over `warmup` steps, then cosine, linear or no decay."""
-
-    def multiplier(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        done = min((step - warmup) / max(1, total_steps - warmup), 1.0)  # share of the decay behind us
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * done))
-        if schedule == "linear":
-            return 1.0 - done
-        return 1.0
-
-    return multiplier
-
-
-def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not biases, LayerNorm gains); the fused kernel on CUDA and CPU.
-
-    The fused kernel updates all parameters in one pass instead of a handful of ops per tensor: the
-    same AdamW update, several times faster for a small model (PyTorch >= 2.4 has it on CPU).
+    Whole words, so a prompt never stops inside a word; at least one word is left to continue, and sentences of
+    fewer than min_words + 1 words are skipped.
     """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
-    fused = all(p.is_cuda for p in params) or (cpu_fused and all(p.device.type == "cpu" for p in params))
-    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=fused or None)
+    rng = random.Random(seed)
+    texts = []
+    for sentence in sentences:
+        words = sentence.split()
+        if len(words) < min_words + 1:
+            continue
+        k = min(rng.randint(min_words, max_words), len(words) - 1)
+        texts.append(" ".join(words[:k]))
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def optimizer_step(
@@ -302,82 +291,93 @@ def optimizer_step(
     return grad_norm
 
 
-def grad_norm_metrics(
-    grad_norms: torch.Tensor, scaler: torch.amp.GradScaler, prefix: str, step: int = 0
-) -> dict[str, float]:
-    """Metrics of one or more optimizer steps' gradient norms (as `optimizer_step` returns them).
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """Steps of linear warmup: warmup_ratio of the steps, rounded up (so any ratio > 0 warms up at least one step)."""
+    return math.ceil(warmup_ratio * total_steps)
 
-    With fp16 loss scaling, a step whose gradients overflowed reports an infinite norm and was skipped: it
-    is counted in {prefix}/skipped_steps and left out of the mean {prefix}/grad_norm, so the history holds no
-    inf. Without a scaler nothing skips an infinite gradient, so it stops training (TrainingDivergedError).
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.0, eps: float = 1e-8) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, LayerNorm gains); the fused kernel on CUDA and CPU.
+
+    The fused kernel updates all parameters in one pass instead of a handful of ops per tensor: the
+    same AdamW update, several times faster for a small model (PyTorch >= 2.4 has it on CPU).
     """
-    norms = grad_norms.detach().float().flatten()  # one per optimizer step
-    taken = torch.isfinite(norms)
-    skipped = int((~taken).sum())
-    if skipped and not scaler.is_enabled():
-        stop_if_diverged(prefix, step, grad_norm=float(norms[~taken][0]))
-    metrics = {f"{prefix}/skipped_steps": float(skipped)}
-    if skipped < len(norms):
-        metrics[f"{prefix}/grad_norm"] = float(norms[taken].mean())
-    return metrics
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    cpu_fused = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
+    fused = all(p.is_cuda for p in params) or (cpu_fused and all(p.device.type == "cpu" for p in params))
+    return torch.optim.AdamW(groups, lr=lr, eps=eps, fused=fused or None)
+
+
+def lr_lambda(schedule: str, warmup: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate multiplier per step: linear warmup from 0 over `warmup` steps, then cosine, linear or no decay."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        done = min((step - warmup) / max(1, total_steps - warmup), 1.0)  # share of the decay behind us
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * done))
+        if schedule == "linear":
+            return 1.0 - done
+        return 1.0
+
+    return multiplier
 
 
 # -----------------------------------------------------------------------------
-# 2. The reward model: position bookkeeping, the scalar head, its losses and metrics (notebook 2)
+# 2. The reward model: scoring sentences, the scalar head, position bookkeeping, its losses and metrics
+# (notebook 2)
 
 
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids that count only real tokens, so left padding does not shift positions.
+@torch.no_grad()
+def score_sentences(
+    reward_model: ScalarHeadModel,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    batch_size: int = 64,
+    precision: Precision = FP32,
+    max_length: int = 64,
+) -> torch.Tensor:
+    """Scores of sentences (tokens cut to max_length - 1, then EOS), in eval mode: (N,) float32 on CPU.
 
-    A left-padded row [pad, pad, a, b] gets positions [0, 0, 0, 1]: `a` sits at position 0 as it
-    would alone. `generate` does the same; a forward pass without these would see `a` at 2.
+    Sentences are scored in batches of similar length (less padding) and returned in their own order;
+    the model's train/eval mode is restored afterwards. max_length = k + 1 scores the first k tokens.
     """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+    ids = tokenize_sentences(sentences, tokenizer, max_length)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    device = next(reward_model.parameters()).device
+    rewards = torch.empty(len(ids), dtype=torch.float32)  # (N,)
+    with eval_mode(reward_model):  # no dropout: the same sentence always gets the same reward
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            input_ids, attention_mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)  # (b, T)
+            with precision.autocast():
+                scores = reward_model.score(input_ids.to(device), attention_mask.to(device))  # (b,)
+            rewards[batch] = scores.float().cpu()
+    return rewards
 
 
-def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last 1 in each row of the mask (right or left padding alike), (B,)."""
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    return (attention_mask.long() * positions).argmax(-1)  # (B,)
+def build_reward_model(trunk_name_or_path: str, device: torch.device | str = "cpu") -> ScalarHeadModel:
+    """A reward model to train: a pretrained trunk (no LM head) and a freshly initialised scalar head."""
+    from transformers import AutoModel
+
+    trunk = load_pretrained(AutoModel.from_pretrained, trunk_name_or_path, "the model", dtype=torch.float32)
+    return ScalarHeadModel(use_fused_gelu(trunk)).to(device)
 
 
-def score_at_last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Each row's scalar at its last real token (B, T) -> (B,): the token that has read the whole text."""
-    return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
-
-
-def attention_mask_4d(model: nn.Module, attention_mask: torch.Tensor, query_length: int = 0) -> torch.Tensor:
-    """The (B, 1, Q, K) boolean mask of SDPA attention: a query sees the real (mask 1) keys at or before it.
-
-    Hugging Face models build this same mask from the 2D (B, K) one, but first read the 2D mask's values
-    (is any 0?), which on a GPU is a sync: the CPU waits for the GPU on every forward pass. Given the 4D
-    mask, they use it as it is. query_length=Q > 0: the queries are the last Q of the K positions
-    (decoding with the KV cache); 0: all K. Models with other attention (or sliding windows) get the 2D mask.
-    """
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "sliding_window", None):
-        return attention_mask
-    keys = attention_mask.shape[-1]
-    key_positions = torch.arange(keys, device=attention_mask.device)  # (K,)
-    query_positions = key_positions[keys - (query_length or keys) :]  # (Q,)
-    causal = key_positions[None, :] <= query_positions[:, None]  # (Q, K)
-    return causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, Q, K)
-
-
-class ScalarHead(nn.Module):
-    """A linear map from a hidden state to one scalar: h (..., H) -> (...)."""
-
-    def __init__(self, hidden_size: int, init_std: float | None = None):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, 1)
-        # std 1/sqrt(H + 1) keeps the initial outputs ~N(0, 1) [Ziegler19]; 0 starts a value head at V = 0.
-        std = 1 / math.sqrt(hidden_size + 1) if init_std is None else init_std
-        nn.init.normal_(self.linear.weight, std=std) if std > 0 else nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., H) -> (...)"""
-        return self.linear(hidden).squeeze(-1)
+def padded_forward(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+    """`model` on a padded batch (B, T): the mask as SDPA reads it (`attention_mask_4d`) and position ids that count
+    real tokens only (`positions_from_mask`), so that left or right padding changes nothing. kwargs go to `model`."""
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask_4d(model, attention_mask),
+        position_ids=positions_from_mask(attention_mask),
+        **kwargs,
+    )
 
 
 class ScalarHeadModel(nn.Module):
@@ -399,11 +399,7 @@ class ScalarHeadModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Scalars for every position, (B, T); position ids follow the mask, so padding side does not matter."""
-        hidden = self.trunk(
-            input_ids=input_ids,
-            attention_mask=attention_mask_4d(self.trunk, attention_mask),
-            position_ids=positions_from_mask(attention_mask),
-        ).last_hidden_state  # (B, T, H)
+        hidden = padded_forward(self.trunk, input_ids, attention_mask).last_hidden_state  # (B, T, H)
         return self.head(hidden).float()  # (B, T)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -411,107 +407,65 @@ class ScalarHeadModel(nn.Module):
         return score_at_last_token(self(input_ids, attention_mask), attention_mask)  # (B,)
 
 
-class PolicyWithValueHead(nn.Module):
-    """The PPO policy: a causal LM plus a scalar value head on its last hidden state (shared trunk)."""
+def last_real_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last 1 in each row of the mask (right or left padding alike), (B,)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (attention_mask.long() * positions).argmax(-1)  # (B,)
 
-    def __init__(self, lm: nn.Module):
+
+def score_at_last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's scalar at its last real token (B, T) -> (B,): the token that has read the whole text."""
+    return values.gather(1, last_real_index(attention_mask)[:, None]).squeeze(1)  # (B,)
+
+
+class ScalarHead(nn.Module):
+    """A linear map from a hidden state to one scalar: h (..., H) -> (...)."""
+
+    def __init__(self, hidden_size: int, init_std: float | None = None):
         super().__init__()
-        self.lm = lm
-        self.value_head = ScalarHead(lm.config.hidden_size, init_std=0.0)
+        self.linear = nn.Linear(hidden_size, 1)
+        # std 1/sqrt(H + 1) keeps the initial outputs ~N(0, 1) [Ziegler19]; 0 starts a value head at V = 0.
+        std = 1 / math.sqrt(hidden_size + 1) if init_std is None else init_std
+        nn.init.normal_(self.linear.weight, std=std) if std > 0 else nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B, T, V) and values (B, T) in one pass.
-
-        As in Hugging Face models, logits_to_keep=k > 0 computes the logits of the last k positions only,
-        and a tensor of positions (K,) those positions only, (B, K, V): the LM head (H x V) is the largest
-        matrix product of a small model, and PPO reads its output on the response only.
-        """
-        out = self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask_4d(self.lm, attention_mask),
-            position_ids=positions_from_mask(attention_mask),
-            output_hidden_states=True,
-            logits_to_keep=logits_to_keep,
-        )
-        return out.logits, self.value_head(out.hidden_states[-1]).float()
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (...)"""
+        return self.linear(hidden).squeeze(-1)
 
 
-def build_reward_model(trunk_name_or_path: str, device: torch.device | str = "cpu") -> ScalarHeadModel:
-    """A reward model to train: a pretrained trunk (no LM head) and a freshly initialised scalar head."""
-    from transformers import AutoModel
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only real tokens, so left padding does not shift positions.
 
-    trunk = load_pretrained(AutoModel.from_pretrained, trunk_name_or_path, "the model", dtype=torch.float32)
-    return ScalarHeadModel(use_fused_gelu(trunk)).to(device)
-
-
-def load_reward_model(
-    folder: str | Path, device: torch.device | str = "cpu"
-) -> tuple[ScalarHeadModel, Any, dict[str, Any]]:
-    """Load a reward model saved by `save_reward_model`: (model in eval mode, tokenizer, info: normalisation, threshold)."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModel
-
-    folder = recover_checkpoint(folder)
-    if not folder.is_dir():
-        raise CheckpointError(
-            f"No reward model at {folder}. Run 2-RM Training.ipynb first (it saves there), "
-            "or set RLHF_REWARD_MODEL_DIR to the folder that holds one."
-        )
-    verify_checkpoint(folder)
-    info_path = folder / REWARD_CONFIG
-    if not info_path.exists():
-        raise CheckpointError(
-            f"{folder} has no {REWARD_CONFIG}: it is not a reward model saved by this series "
-            "(or is from an older layout). Re-run 2-RM Training.ipynb to save it again."
-        )
-    info = json.loads(info_path.read_text())
-    if info.get("layout") != REWARD_MODEL_LAYOUT:
-        raise CheckpointError(
-            f"{folder} uses reward-model layout {info.get('layout')}, this code reads layout "
-            f"{REWARD_MODEL_LAYOUT}. Re-run 2-RM Training.ipynb to save it in the current layout."
-        )
-    trunk = AutoModel.from_config(AutoConfig.from_pretrained(folder))
-    model = ScalarHeadModel(use_fused_gelu(trunk))
-    state = load_file(str(folder / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{folder}/model.safetensors does not fit the model: missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}. Re-run 2-RM Training.ipynb."
-        )
-    tokenizer = load_tokenizer(str(folder), padding_side="right")
-    return model.to(device).eval(), tokenizer, info
-
-
-@torch.no_grad()
-def score_sentences(
-    reward_model: ScalarHeadModel,
-    tokenizer: Any,
-    sentences: Sequence[str],
-    batch_size: int = 64,
-    precision: Precision = FP32,
-    max_length: int = 64,
-) -> torch.Tensor:
-    """Scores of sentences (tokens cut to max_length - 1, then EOS), in eval mode: (N,) float32 on CPU.
-
-    Sentences are scored in batches of similar length (less padding) and returned in their own order;
-    the model's train/eval mode is restored afterwards. max_length = k + 1 scores the first k tokens.
+    A left-padded row [pad, pad, a, b] gets positions [0, 0, 0, 1]: `a` sits at position 0 as it
+    would alone. `generate` does the same; a forward pass without these would see `a` at 2.
     """
-    ids = tokenize_sentences(sentences, tokenizer, max_length)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    device = next(reward_model.parameters()).device
-    autocast = precision.autocast
-    rewards = torch.empty(len(ids), dtype=torch.float32)  # (N,)
-    with eval_mode(reward_model):  # no dropout: the same sentence always gets the same reward
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            input_ids, attention_mask = pad_batch([ids[i] for i in batch], tokenizer.pad_token_id)  # (b, T)
-            with autocast():
-                scores = reward_model.score(input_ids.to(device), attention_mask.to(device))  # (b,)
-            rewards[batch] = scores.float().cpu()
-    return rewards
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def pairwise_accuracy(scores: torch.Tensor, labels: torch.Tensor | Sequence[int], seed: int = 0) -> float:
+    """Share of (positive, negative) pairs from `make_preference_pairs` where the positive scores higher."""
+    pairs = make_preference_pairs([int(y) for y in labels], seed=seed)
+    chosen, rejected = torch.tensor([c for c, _ in pairs]), torch.tensor([r for _, r in pairs])
+    return float((scores[chosen] > scores[rejected]).float().mean())
+
+
+def reward_metrics(
+    scores: torch.Tensor, labels: torch.Tensor | Sequence[int], threshold: float = 0.0
+) -> dict[str, float]:
+    """accuracy of 'positive if score > threshold', ROC AUC and pairwise accuracy of rewards against 0/1 labels."""
+    labels = torch.as_tensor(labels).flatten()  # (N,)
+    predicted = (scores > threshold).long()  # (N,)
+    return {
+        "accuracy": float((predicted == labels).float().mean()),
+        "auc": roc_auc(scores, labels),
+        "pairwise_accuracy": pairwise_accuracy(scores, labels),
+    }
+
+
+def bce_reward_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the score s as the logit, label l: -[l log sigmoid(s) + (1 - l) log sigmoid(-s)], mean."""
+    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def make_preference_pairs(labels: Sequence[int], seed: int = 0) -> list[tuple[int, int]]:
@@ -522,11 +476,6 @@ def make_preference_pairs(labels: Sequence[int], seed: int = 0) -> list[tuple[in
     rng.shuffle(positives)
     rng.shuffle(negatives)
     return list(zip(positives, negatives))
-
-
-def bce_reward_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy with the score s as the logit, label l: -[l log sigmoid(s) + (1 - l) log sigmoid(-s)], mean."""
-    return F.binary_cross_entropy_with_logits(scores, labels.to(scores.dtype))
 
 
 def pairwise_reward_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
@@ -552,28 +501,93 @@ def roc_auc(scores: torch.Tensor | Sequence[float], labels: torch.Tensor | Seque
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def pairwise_accuracy(scores: torch.Tensor, labels: torch.Tensor | Sequence[int], seed: int = 0) -> float:
-    """Share of (positive, negative) pairs from `make_preference_pairs` where the positive scores higher."""
-    pairs = make_preference_pairs([int(y) for y in labels], seed=seed)
-    chosen, rejected = torch.tensor([c for c, _ in pairs]), torch.tensor([r for _, r in pairs])
-    return float((scores[chosen] > scores[rejected]).float().mean())
+def load_reward_model(
+    folder: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ScalarHeadModel, Any, dict[str, Any]]:
+    """Load a reward model saved by `save_reward_model`: (model in eval mode, tokenizer, info: normalisation, threshold).
+
+    The folder is checked first (`reward_model_folder`: there, intact, of this layout), then the trunk is built from
+    its config, the head added, and every weight loaded (`load_reward_weights`)."""
+    from transformers import AutoConfig, AutoModel
+
+    folder, info = reward_model_folder(folder)
+    trunk = AutoModel.from_config(AutoConfig.from_pretrained(folder))
+    model = ScalarHeadModel(use_fused_gelu(trunk))
+    load_reward_weights(model, folder)
+    tokenizer = load_tokenizer(str(folder), padding_side="right")
+    return model.to(device).eval(), tokenizer, info
 
 
-def reward_metrics(
-    scores: torch.Tensor, labels: torch.Tensor | Sequence[int], threshold: float = 0.0
-) -> dict[str, float]:
-    """accuracy of 'positive if score > threshold', ROC AUC and pairwise accuracy of rewards against 0/1 labels."""
-    labels = torch.as_tensor(labels).flatten()  # (N,)
-    predicted = (scores > threshold).long()  # (N,)
-    return {
-        "accuracy": float((predicted == labels).float().mean()),
-        "auc": roc_auc(scores, labels),
-        "pairwise_accuracy": pairwise_accuracy(scores, labels),
-    }
+def response_pairs(
+    lm: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    precision: Precision = FP32,
+    seed: int = 0,
+) -> list[tuple[str, str, str]]:
+    """Two sampled continuations of each prompt (token ids), as text: (prompt, first, second), in the prompts' order."""
+    first, _ = sample_continuations(lm, tokenizer, prompts, max_new_tokens, temperature, precision, seed=seed)
+    second, _ = sample_continuations(lm, tokenizer, prompts, max_new_tokens, temperature, precision, seed=seed + 1)
+    return list(zip(tokenizer.batch_decode(prompts), first, second))
+
+
+@torch.no_grad()
+def last_token_features(
+    reward_model: ScalarHeadModel,
+    tokenizer: Any,
+    sentences: Sequence[str],
+    batch_size: int = 64,
+    precision: Precision = FP32,
+    max_length: int = 64,
+) -> torch.Tensor:
+    """The trunk's hidden state at each sentence's last real token (its EOS), what the head reads: (N, H) float32 on
+    the CPU, in the sentences' order (a reward model of your own fits a new head on these, section 10)."""
+    ids = tokenize_sentences(sentences, tokenizer, max_length)
+    device = next(reward_model.parameters()).device
+    features = torch.empty(len(ids), reward_model.config.hidden_size)  # (N, H)
+    with eval_mode(reward_model):
+        for start in range(0, len(ids), batch_size):
+            input_ids, attention_mask = pad_batch(ids[start : start + batch_size], tokenizer.pad_token_id)
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # (b, T)
+            with precision.autocast():
+                hidden = padded_forward(reward_model.trunk, input_ids, attention_mask).last_hidden_state  # (b, T, H)
+            last = last_real_index(attention_mask)  # (b,)
+            features[start : start + len(last)] = hidden[torch.arange(len(last), device=device), last].float().cpu()
+    return features
 
 
 # -----------------------------------------------------------------------------
-# 3. Generation: sampling continuations with the KV cache (notebooks 1 and 3)
+# 3. The rollout, PPO's steps (1) to (3): the policy, generation with the KV cache, scores, log-probs (notebook 3)
+
+
+def ppo_pieces(cfg: PPOConfig, device: torch.device | None = None, precision: Precision | None = None) -> PPOPieces:
+    """Notebook 3's pieces for the run `cfg` describes: step (5) and the policy loss follow cfg.advantage_estimator."""
+    return PPOPieces(cfg, _THIS_MODULE, device, precision)
+
+
+class PolicyWithValueHead(nn.Module):
+    """The PPO policy: a causal LM plus a scalar value head on its last hidden state (shared trunk)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+        self.value_head = ScalarHead(lm.config.hidden_size, init_std=0.0)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int | torch.Tensor = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B, T, V) and values (B, T) in one pass.
+
+        As in Hugging Face models, logits_to_keep=k > 0 computes the logits of the last k positions only,
+        and a tensor of positions (K,) those positions only, (B, K, V): the LM head (H x V) is the largest
+        matrix product of a small model, and PPO reads its output on the response only.
+        """
+        out = padded_forward(
+            self.lm, input_ids, attention_mask, output_hidden_states=True, logits_to_keep=logits_to_keep
+        )
+        return out.logits, self.value_head(out.hidden_states[-1]).float()
 
 
 def sample_next_token(
@@ -598,11 +612,6 @@ def sample_next_token(
     return token.squeeze(-1).clamp_(max=probs.shape[-1] - 1)  # (B,)
 
 
-def kv_cache_name(lm: nn.Module) -> str:
-    """The name of the KV-cache argument and output: `cache` from transformers 5.24 on, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def generate(
     lm: nn.Module,
@@ -612,9 +621,9 @@ def generate(
     eos_token_id: int,
     pad_token_id: int,
     temperature: float = 1.0,
-    top_k: int = 0,
     generator: torch.Generator | None = None,
     precision: Precision = FP32,
+    top_k: int = 0,
     stop_check_every: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample continuations of left-padded prompts with the KV cache: returns (responses, response_mask), (B, R).
@@ -624,17 +633,10 @@ def generate(
     token; later positions hold pad_token_id and 0 in the mask. R <= max_new_tokens: the loop stops
     once every row has finished (checked every `stop_check_every` steps to limit GPU syncs).
     """
-    autocast = precision.autocast()
     batch = prompt_ids.shape[0]
     attention_mask = prompt_mask.long()
-    with autocast:  # logits_to_keep=1: only the last position's logits are needed, not (B, P, V)
-        out = lm(
-            input_ids=prompt_ids,
-            attention_mask=attention_mask_4d(lm, attention_mask),
-            position_ids=positions_from_mask(attention_mask),
-            use_cache=True,
-            logits_to_keep=1,
-        )
+    with precision.autocast():  # logits_to_keep=1: only the last position's logits are needed, not (B, P, V)
+        out = padded_forward(lm, prompt_ids, attention_mask, use_cache=True, logits_to_keep=1)
     cache_name = kv_cache_name(lm)
     cache, next_logits = getattr(out, cache_name), out.logits[:, -1]  # the KV cache, and (B, V)
     next_position = attention_mask.sum(-1, keepdim=True)  # (B, 1): real tokens so far
@@ -649,7 +651,7 @@ def generate(
         if step + 1 == max_new_tokens or ((step + 1) % stop_check_every == 0 and bool(finished.all())):
             break
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        with autocast:  # the new token attends to every real token so far: a (B, 1, 1, K) mask
+        with precision.autocast():  # the new token attends to every real token so far: a (B, 1, 1, K) mask
             out = lm(
                 input_ids=token[:, None],
                 attention_mask=attention_mask_4d(lm, attention_mask, query_length=1),
@@ -664,96 +666,23 @@ def generate(
     return responses, response_mask
 
 
-def decode_responses(tokenizer: Any, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
-    """Text of each response (masked tokens only, EOS dropped)."""
-    texts = []
-    for row, mask in zip(responses.tolist(), response_mask.tolist()):
-        ids = [t for t, m in zip(row, mask) if m and t != tokenizer.eos_token_id]
-        texts.append(tokenizer.decode(ids))
-    return texts
+def score_responses(
+    reward_model: ScalarHeadModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    responses: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Raw reward-model scores of prompt + response, read at each row's last real token, (B,)."""
+    input_ids = torch.cat([prompt_ids, responses], dim=1)  # (B, P + R)
+    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P + R)
+    return reward_model.score(input_ids, attention_mask)  # (B,)
 
 
 def ends_with_eos(responses: torch.Tensor, response_mask: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     """Whether each response's last real token is EOS, (B,) bool."""
     last = responses.gather(1, last_real_index(response_mask)[:, None]).squeeze(1)  # (B,)
     return (last == eos_token_id) & (response_mask.sum(1) > 0)
-
-
-def sample_continuations(
-    lm: nn.Module,
-    tokenizer: Any,
-    prompts: Sequence[Sequence[int]],
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    precision: Precision = FP32,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> tuple[list[str], torch.Tensor]:
-    """Sample one continuation per prompt (lists of token ids) in left-padded batches, in eval mode.
-
-    Returns the continuations' text (EOS dropped) and whether each ended with EOS, (N,) bool on the CPU.
-    A fixed `seed` draws the same random numbers each call, so before/after comparisons sample alike.
-    """
-    device = next(lm.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    texts, ended = [], []
-    with eval_mode(lm):
-        for start in range(0, len(prompts), batch_size):
-            prompt_ids, prompt_mask = pad_batch(
-                prompts[start : start + batch_size], tokenizer.pad_token_id, side="left"
-            )
-            responses, response_mask = generate(
-                lm,
-                prompt_ids.to(device),
-                prompt_mask.to(device),
-                max_new_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                temperature=temperature,
-                generator=generator,
-                precision=precision,
-            )  # (B, R) each
-            texts += decode_responses(tokenizer, responses, response_mask)
-            ended.append(ends_with_eos(responses, response_mask, tokenizer.eos_token_id).cpu())
-    return texts, torch.cat(ended) if ended else torch.zeros(0, dtype=torch.bool)
-
-
-def sample_prompts(
-    prompts: Sequence[Sequence[int]],
-    batch_size: int,
-    pad_id: int,
-    generator: torch.Generator,
-    device: torch.device,
-    samples_per_prompt: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """batch_size / k prompts drawn with replacement, each repeated k = samples_per_prompt times in consecutive rows
-    (a group), left-padded (so responses start at one column): both (B, P)."""
-    picks = torch.randint(len(prompts), (batch_size // samples_per_prompt,), generator=generator, device=device)
-    rows = [prompts[i] for i in picks.tolist() for _ in range(samples_per_prompt)]
-    prompt_ids, prompt_mask = pad_batch(rows, pad_id, side="left")
-    return prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
-
-
-def make_prompts(
-    sentences: Sequence[str], tokenizer: Any, min_tokens: int = 2, max_tokens: int = 8, seed: int = 0
-) -> list[list[int]]:
-    """PPO prompts: each sentence cut to its first k tokens, k drawn uniformly from [min_tokens, max_tokens].
-
-    Sentences shorter than min_tokens + 1 tokens are skipped (they would leave nothing to continue).
-    """
-    rng = random.Random(seed)
-    prompts = []
-    for ids in tokenize_sentences(sentences, tokenizer, max_length=10_000, add_eos=False):
-        if len(ids) < min_tokens + 1:
-            continue
-        k = rng.randint(min_tokens, max_tokens)
-        prompts.append(ids[: min(k, len(ids) - 1)])
-    return prompts
-
-
-# -----------------------------------------------------------------------------
-# 4. The PPO math: log-probs, the KL-shaped reward, GAE and the critic-free estimators, the clipped losses, the KL
-# coefficient (notebook 3)
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -770,27 +699,70 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of x over the positions where mask is 1 (0 where the mask is empty)."""
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+def response_positions(input_ids: torch.Tensor, response_start: int) -> torch.Tensor:
+    """Positions whose logits predict the response tokens, P - 1 ... P + R - 2: (R,), for `logits_to_keep`.
+
+    Computing the LM head there only skips the prompt positions' logits, which PPO never reads.
+    """
+    return torch.arange(response_start - 1, input_ids.shape[1] - 1, device=input_ids.device)  # (R,)
 
 
-def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Population variance of x over the masked positions (0 for a single element, not NaN)."""
-    mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask)
+def policy_forward(
+    policy: PolicyWithValueHead,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    entropy: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One pass of the policy: log-probs of the response tokens, values V(s_t) and entropy, each (B, R).
+
+    Logits are divided by the sampling temperature, so the log-probs are those of the distribution the
+    tokens were drawn from. V(s_t) is read where token t is predicted (the state before it). Position
+    ids follow the mask (`PolicyWithValueHead.forward`). The entropy is a statistic: it carries no gradient;
+    entropy=False skips it (None), e.g. in the minibatch passes, where it would be discarded.
+    chunk_size: rows per pass, for the no-gradient pass over a whole batch (`in_chunks`); the results are the same.
+    """
+    predicting = response_positions(input_ids, response_start)  # (R,)
+
+    def policy_chunk(r: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        logits, values = policy(input_ids[r], attention_mask[r], logits_to_keep=predicting)  # (b, R, V), (b, P + R)
+        if temperature != 1.0:
+            logits = logits / temperature
+        logprobs = logprobs_from_logits(logits, input_ids[r, response_start:])  # (b, R)
+        entropies = None
+        if entropy:
+            with torch.no_grad():
+                entropies = entropy_from_logits(logits)  # (b, R)
+        return logprobs, values[:, response_start - 1 : -1], entropies
+
+    return in_chunks(policy_chunk, input_ids.shape[0], chunk_size)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked positions; keeps the mean when shift_mean=False; 0 outside the mask."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask.to(x.dtype)
+def response_logprobs(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Log-probs of the response tokens under a plain causal LM (the frozen reference), (B, R); in chunks of rows
+    when chunk_size is given (`in_chunks`)."""
+    predicting = response_positions(input_ids, response_start)  # (R,)
+
+    def lm_chunk(r: slice) -> tuple[torch.Tensor]:
+        logits = padded_forward(lm, input_ids[r], attention_mask[r], logits_to_keep=predicting).logits  # (b, R, V)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return (logprobs_from_logits(logits, input_ids[r, response_start:]),)  # (b, R)
+
+    return in_chunks(lm_chunk, input_ids.shape[0], chunk_size)[0]
+
+
+# -----------------------------------------------------------------------------
+# 4. The PPO math, steps (4) to (7): the KL-shaped reward, GAE, the clipped losses, the KL coefficient
 
 
 def compute_rewards(
@@ -837,146 +809,49 @@ def compute_gae(
     return advantages, returns
 
 
-# The critic-free estimators [Ahmadian24, Shao24, Liu25, Hu25]. Each gives every response token the return from
-# that token on, G_t = sum_{t' >= t} gamma^(t' - t) r_t' (GAE with V = 0 and lambda = 1), after replacing the score
-# on the last token by the score relative to a baseline: the other samples of the same prompt instead of a critic.
-# The KL penalty stays per token in r_t, as for PPO. Groups are consecutive rows of k (`sample_prompts`).
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions; keeps the mean when shift_mean=False; 0 outside the mask."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask.to(x.dtype)
 
 
-def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
-    """G_t = r_t + gamma * G_{t+1} over each row's masked tokens, backwards, G = 0 after the last: (B, T).
-
-    That is GAE without a critic: with V = 0 each delta_t is r_t, and lambda = 1 sums them all."""
-    advantages, _ = compute_gae(torch.zeros_like(rewards), rewards, mask, gamma, lam=1.0)
-    return advantages
-
-
-def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
-    """scores (B,) as (B / k, k): row g holds the k responses to prompt g."""
-    if group_size < 2 or scores.shape[0] % group_size:
-        raise ValueError(f"{scores.shape[0]} scores cannot form groups of samples_per_prompt={group_size} (k >= 2).")
-    return scores.view(-1, group_size)
-
-
-def _with_score(
-    rewards: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, new_scores: torch.Tensor
-) -> torch.Tensor:
-    """The rewards (B, T) with each row's score on its last real token replaced by new_scores (B,)."""
-    change = (new_scores - scores) * (mask.sum(1) > 0)  # (B,)
-    return rewards.scatter_add(1, last_real_index(mask)[:, None], change.to(rewards.dtype)[:, None])
-
-
-def rloo_advantages(
-    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
-) -> torch.Tensor:
-    """RLOO [Ahmadian24]: the score minus the mean of the other k - 1 scores of its prompt, then G_t: (B, T)."""
-    groups = _groups(scores, group_size)  # (B / k, k)
-    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)  # leave-one-out mean
-    return returns_to_go(_with_score(rewards, mask, scores, (groups - others).flatten()), mask, gamma)
-
-
-def grpo_advantages(
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    mask: torch.Tensor,
-    group_size: int,
-    gamma: float = 1.0,
-    eps: float = 1e-4,
-) -> torch.Tensor:
-    """GRPO [Shao24]: (score - group mean) / (group std + eps), the std unbiased over the k samples, then G_t: (B, T)."""
-    groups = _groups(scores, group_size)  # (B / k, k)
-    relative = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)
-    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
-
-
-def dr_grpo_advantages(
-    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
-) -> torch.Tensor:
-    """Dr. GRPO [Liu25]: score - group mean (no std), then G_t: (B, T); its loss is not length-normalised."""
-    groups = _groups(scores, group_size)  # (B / k, k)
-    relative = groups - groups.mean(1, keepdim=True)
-    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
-
-
-def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """REINFORCE++ [Hu25]: G_t with no baseline, whitened over every response token of the batch: (B, T)."""
-    return masked_whiten(returns_to_go(rewards, mask, gamma), mask)
-
-
-def compute_advantages(
-    estimator: str,
-    scores: torch.Tensor,
-    rewards: torch.Tensor,
-    values: torch.Tensor,
-    mask: torch.Tensor,
-    gamma: float,
-    lam: float,
-    group_size: int,
-    whiten: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step (5) the chosen way: (advantages, returns), (B, T) each. 'gae' uses the critic's values (whitened when
-    `whiten`); the others ignore them, and their returns G_t (no critic learns them) are for the metrics only."""
-    if estimator == "gae":
-        advantages, returns = compute_gae(values, rewards, mask, gamma, lam)
-        return (masked_whiten(advantages, mask) if whiten else advantages), returns
-    if estimator == "reinforce_pp":
-        advantages = reinforce_pp_advantages(rewards, mask, gamma)
-    elif estimator in GROUP_ESTIMATORS:
-        by_group = {"rloo": rloo_advantages, "grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages}[estimator]
-        advantages = by_group(scores, rewards, mask, group_size, gamma)
-    else:
-        raise ValueError(f"advantage_estimator={estimator!r}: use one of {', '.join(ADVANTAGE_ESTIMATORS)}.")
-    return advantages, returns_to_go(rewards, mask, gamma)
-
-
-# How each estimator's policy loss averages over tokens: PPO and REINFORCE-style methods over every token of the
-# minibatch; GRPO each response's mean first (a long response's tokens count less) [Shao24 eq. 3]; Dr. GRPO a sum
-# over tokens divided by a constant, the most tokens a response may have [Liu25].
-LOSS_AGGREGATION = {"gae": "token", "rloo": "token", "grpo": "sequence", "dr_grpo": "constant", "reinforce_pp": "token"}
-
-
-def aggregate_loss(
-    per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None
-) -> torch.Tensor:
-    """A per-token loss (B, T) as one number: 'token' (mean over every masked token), 'sequence' (mean over rows of
-    each row's mean) or 'constant' (masked sum / (B * max_tokens))."""
-    if how == "token":
-        return masked_mean(per_token, mask)
-    if how == "sequence":
-        return masked_mean(per_token, mask, dim=1).mean()
-    if how == "constant":
-        if not max_tokens:
-            raise ValueError("aggregate_loss(how='constant') needs max_tokens, the most tokens a response may have.")
-        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * max_tokens)
-    raise ValueError(f"aggregate_loss: how={how!r}; use 'token', 'sequence' or 'constant'.")
-
-
-def ppo_policy_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    clip_range: float,
-    aggregate: str = "token",
-    max_tokens: int | None = None,
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped surrogate loss [Schulman17 eq. 7], averaged over tokens as `aggregate` says (`aggregate_loss`;
-    PPO: a masked mean over every token), and its statistics."""
-    log_ratio = logprobs - old_logprobs
+    """PPO's clipped loss per token [Schulman17 eq. 7], (B, T), and its statistics over the masked tokens: the clip
+    fraction and `approx_kl`."""
     # rho_t(theta) = pi_theta(y_t | s_t) / pi_old(y_t | s_t), the ratio (r_t is the reward)
-    ratio = torch.exp(log_ratio)
-    # L = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
+    ratio = torch.exp(logprobs - old_logprobs)
+    # L_t = max(-A rho, -A clip(rho, 1 - eps, 1 + eps)): the pessimistic (larger) of the two losses
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregate, max_tokens)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask),
-            # k3 estimator of KL(pi_old || pi_theta): (rho - 1) - log rho >= 0
-            "approx_kl": masked_mean(ratio - 1 - log_ratio, mask),
-            "ratio_mean": masked_mean(ratio, mask),
+            "approx_kl": approx_kl(logprobs, old_logprobs, mask),
         }
-    return loss, stats
+    return torch.maximum(unclipped, clipped), stats
+
+
+def ppo_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's clipped policy loss: the mean of `clipped_surrogate` over every response token; and its statistics."""
+    losses, stats = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip_range)  # (B, T)
+    return masked_mean(losses, mask), stats
+
+
+def approx_kl(logprobs: torch.Tensor, old_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """How far an update moved the policy: the k3 estimate of KL(pi_old || pi_theta), a masked mean (a scalar).
+
+    On tokens sampled from pi_old, with rho = pi_theta / pi_old, k3 = (rho - 1) - log rho is >= 0 for every token and
+    its mean is unbiased (E[rho] = 1 under pi_old): k1 = -log rho alone is unbiased too, but often negative and noisy.
+    """
+    log_ratio = logprobs - old_logprobs  # log rho, (B, T)
+    return masked_mean(torch.exp(log_ratio) - 1 - log_ratio, mask)
 
 
 def ppo_value_loss(
@@ -991,11 +866,6 @@ def ppo_value_loss(
     with torch.no_grad():
         stats = {"clipfrac": masked_mean((clipped > unclipped).float(), mask)}
     return loss, stats
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """1 - Var(R - V) / Var(R) over masked tokens: 1 = perfect values, 0 = no better than a constant."""
-    return 1 - masked_var(returns - values, mask) / masked_var(returns, mask).clamp(min=1e-8)
 
 
 class AdaptiveKLController:
@@ -1031,231 +901,55 @@ class FixedKLController(AdaptiveKLController):
 
 
 # -----------------------------------------------------------------------------
-# 5. The policy passes: log-probs and values of a batch, scores of prompt + response (notebook 3)
+# 5. The loop and the evaluation: curve points, prompts, minibatches, the SFT-vs-PPO comparison
 
 
-def response_positions(input_ids: torch.Tensor, response_start: int) -> torch.Tensor:
-    """Positions whose logits predict the response tokens, P - 1 ... P + R - 2: (R,), for `logits_to_keep`.
-
-    Computing the LM head there only skips the prompt positions' logits, which PPO never reads.
-    """
-    return torch.arange(response_start - 1, input_ids.shape[1] - 1, device=input_ids.device)  # (R,)
+CURVE_METRICS = "positive_share judge_positive_share kl_to_ref distinct_2 repeat_share eos_share raw_score_mean".split()
 
 
-def _in_chunks(fn: Callable[[slice], tuple], batch: int, chunk_size: int | None) -> tuple:
-    """fn(rows) for consecutive slices of at most chunk_size rows, its outputs concatenated along dim 0.
-
-    A no-gradient pass over a whole rollout batch holds (B, R, V) logits, several copies of them while
-    log-softmax and entropy are computed: at GPT-2's 50,257-token vocabulary, 256 episodes of 24 tokens make
-    each copy 1.2 GB in fp32. In chunks, the largest temporary is set by chunk_size, not by B.
-    """
-    if not chunk_size or chunk_size >= batch:
-        return fn(slice(0, batch))
-    parts = [fn(slice(start, start + chunk_size)) for start in range(0, batch, chunk_size)]
-    return tuple(None if part[0] is None else torch.cat(part) for part in zip(*parts))
-
-
-def policy_forward(
-    policy: PolicyWithValueHead,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_start: int,
-    temperature: float = 1.0,
-    with_entropy: bool = True,
-    chunk_size: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One pass of the policy: log-probs of the response tokens, values V(s_t) and entropy, each (B, R).
-
-    Logits are divided by the sampling temperature, so the log-probs are those of the distribution the
-    tokens were drawn from. V(s_t) is read where token t is predicted (the state before it). Position
-    ids follow the mask (`PolicyWithValueHead.forward`). The entropy is a statistic: it carries no gradient;
-    with_entropy=False skips it (None), e.g. in the minibatch passes, where it would be discarded.
-    chunk_size: rows per pass, for the no-gradient pass over a whole batch (`_in_chunks`); the results are the same.
-    """
-    predicting = response_positions(input_ids, response_start)  # (R,)
-
-    def rows(r: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        logits, values = policy(input_ids[r], attention_mask[r], logits_to_keep=predicting)  # (b, R, V), (b, P + R)
-        if temperature != 1.0:
-            logits = logits / temperature
-        logprobs = logprobs_from_logits(logits, input_ids[r, response_start:])  # (b, R)
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                entropy = entropy_from_logits(logits)  # (b, R)
-        return logprobs, values[:, response_start - 1 : -1], entropy
-
-    return _in_chunks(rows, input_ids.shape[0], chunk_size)
-
-
-def response_logprobs(
+def curve_metrics(
     lm: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_start: int,
-    temperature: float = 1.0,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """Log-probs of the response tokens under a plain causal LM (the frozen reference), (B, R); in chunks of rows
-    when chunk_size is given (`_in_chunks`)."""
-    predicting = response_positions(input_ids, response_start)  # (R,)
-
-    def rows(r: slice) -> tuple[torch.Tensor]:
-        logits = lm(
-            input_ids=input_ids[r],
-            attention_mask=attention_mask_4d(lm, attention_mask[r]),
-            position_ids=positions_from_mask(attention_mask[r]),
-            logits_to_keep=predicting,
-        ).logits  # (b, R, V)
-        if temperature != 1.0:
-            logits = logits / temperature
-        return (logprobs_from_logits(logits, input_ids[r, response_start:]),)  # (b, R)
-
-    return _in_chunks(rows, input_ids.shape[0], chunk_size)[0]
-
-
-def score_responses(
+    ref_lm: nn.Module,
     reward_model: ScalarHeadModel,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Raw reward-model scores of prompt + response, read at each row's last real token, (B,)."""
-    input_ids = torch.cat([prompt_ids, responses], dim=1)  # (B, P + R)
-    attention_mask = torch.cat([prompt_mask, response_mask], dim=1)  # (B, P + R)
-    return reward_model.score(input_ids, attention_mask)  # (B,)
-
-
-def minibatch_stats(
-    pg_loss: torch.Tensor,
-    vf_loss: torch.Tensor,
-    pg_stats: Mapping[str, torch.Tensor],
-    vf_stats: Mapping[str, torch.Tensor],
-) -> dict[str, torch.Tensor]:
-    """One minibatch step's losses and clip statistics, as scalar tensors (read back once per iteration)."""
-    return {
-        "loss/policy": pg_loss.detach(),
-        "loss/value": vf_loss.detach(),
-        "policy/clipfrac": pg_stats["clipfrac"],
-        "policy/approx_kl": pg_stats["approx_kl"],
-        "value/clipfrac": vf_stats["clipfrac"],
-    }
-
-
-def ppo_metrics(
-    raw_scores: torch.Tensor,
-    positive: torch.Tensor,
-    scores: torch.Tensor,
-    has_eos: torch.Tensor,
-    response_mask: torch.Tensor,
-    kl: torch.Tensor,
-    kl_coef: float,
-    entropy: torch.Tensor,
-    values: torch.Tensor,
-    returns: torch.Tensor,
-    mb_stats: Sequence[Mapping[str, torch.Tensor]],
-    mb_grad_norms: Sequence[torch.Tensor],
-    scaler: torch.amp.GradScaler,
-    iteration: int,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    cfg: PPOConfig,
+    precision: Precision,
+    threshold: float,
+    judge: SentimentJudge,
 ) -> dict[str, float]:
-    """The namespaced metrics of one PPO iteration (notebook 3, section 5, explains each), read back at once.
+    """One point of the over-optimisation curve: `evaluate_policy` on held-out prompts, as curve/ metrics.
 
-    Per episode (B,): raw_scores, positive, scores, has_eos; per token (B, R): the rest. mb_stats holds one
-    dict of scalar tensors per minibatch step (averaged here), mb_grad_norms their gradient norms.
+    It samples with its own seeded generator, so it never changes what training draws: a run with the
+    curve and one without it train identically.
     """
-    kl_per_sequence = kl.sum(1)  # (B,)
-    on_device = {
-        "env/score_mean": scores.mean(),
-        "env/score_std": scores.std(),
-        "env/raw_score_mean": raw_scores.mean(),
-        "env/positive_share": positive.float().mean(),
-        "env/eos_share": has_eos.float().mean(),
-        "env/response_length": response_mask.sum(1).float().mean(),
-        "objective/kl": kl_per_sequence.mean(),
-        "objective/rlhf_reward": (scores - kl_coef * kl_per_sequence).mean(),  # = the sum of r_t over a response
-        "policy/entropy": masked_mean(entropy, response_mask),
-        "value/explained_variance": explained_variance(values, returns, response_mask),
-        **{name: torch.stack([step[name] for step in mb_stats]).mean() for name in mb_stats[0]},
-    }
-    metrics = dict(zip(on_device, torch.stack([v.float() for v in on_device.values()]).tolist()))  # one copy
-    metrics.update(grad_norm_metrics(torch.stack(list(mb_grad_norms)), scaler, "policy", iteration))
-    metrics["objective/kl_coef"] = float(kl_coef)
-    return metrics
+    summary, _ = evaluate_policy(lm, ref_lm, reward_model, tokenizer, prompts, cfg.response_length, cfg.temperature,
+                                 seed=cfg.seed, batch_size=cfg.batch_size, precision=precision, threshold=threshold,
+                                 judge=judge, chunk_size=cfg.minibatch_size)  # fmt: skip
+    return {f"curve/{name}": summary[name] for name in CURVE_METRICS}
 
 
-# -----------------------------------------------------------------------------
-# 6. Evaluation: diversity, the independent judge, the before/after comparison, best-of-N, reading a run (notebook 3)
+def sample_prompts(
+    prompts: Sequence[Sequence[int]],
+    batch_size: int,
+    pad_id: int,
+    generator: torch.Generator,
+    device: torch.device,
+    samples_per_prompt: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """batch_size / k prompts drawn with replacement, each repeated k = samples_per_prompt times in consecutive rows
+    (a group), left-padded (so responses start at one column): both (B, P)."""
+    picks = torch.randint(len(prompts), (batch_size // samples_per_prompt,), generator=generator, device=device)
+    rows = [prompts[i] for i in picks.tolist() for _ in range(samples_per_prompt)]
+    prompt_ids, prompt_mask = pad_batch(rows, pad_id, side="left")
+    return prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
 
 
-def distinct_n(texts: Sequence[str], n: int = 2) -> float:
-    """Distinct-n: distinct word n-grams / all word n-grams over the texts (each text's own n-grams; 0 if none).
-
-    1.0 = no n-gram repeats anywhere; a policy that collapses onto a few phrases scores near 0.
-    Words are whitespace-separated, as in SST-2's tokenised text. It falls as texts are added (more chances to
-    repeat) and rises as they get shorter (fewer n-grams): compare it only over the same number of texts.
-    """
-    grams = [tuple(words[i : i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-DISTINCT_GROUP = 128  # texts per distinct-n group: the curve's 128 prompts and the final 871 are measured alike
-
-
-def grouped_distinct_n(texts: Sequence[str], n: int = 2, group: int = DISTINCT_GROUP) -> float:
-    """Mean `distinct_n` over consecutive groups of `group` texts (a shorter last group is dropped unless it is the
-    only one), so that 128 responses and 871 responses are measured on the same scale."""
-    starts = range(0, len(texts) - group + 1, group) if len(texts) >= group else [0]
-    return float(np.mean([distinct_n(texts[start : start + group], n) for start in starts]))
-
-
-def repeats_a_word(text: str, times: int = 3) -> bool:
-    """Whether some word occurs at least `times` times in the text: the signature of a collapsed policy."""
-    words = text.split()
-    return any(words.count(word) >= times for word in set(words))
-
-
-def binomial_interval(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson's 95% interval (z = 1.96) for a share measured on n independent yes/no verdicts: (low, high).
-
-    On 128 prompts one prompt is 0.8 points, and a share near 70% is known to about +-8 points.
-    """
-    if n <= 0:
-        raise ValueError(f"binomial_interval needs n >= 1 verdicts, got {n}.")
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return min(share, max(0.0, centre - half)), max(share, min(1.0, centre + half))  # it holds the share
-
-
-class SentimentJudge:
-    """An independent judge of sentiment: VADER (Hutto and Gilbert, 2014), a rule-based lexicon of ~7,500 words
-    rated by people, with rules for negation, intensifiers and "but". Nothing in this series trained it and it
-    never sees PPO's training, so it can disagree with the reward model PPO optimises against.
-
-    `scores` gives VADER's compound score in [-1, 1]; `positive` applies VADER's own threshold (> 0.05).
-    Its blind spots are its own: it likes strings of positive words however they are strung together.
-    """
-
-    name = "VADER"
-    threshold = 0.05
-
-    def __init__(self) -> None:
-        try:
-            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-        except ImportError as error:
-            raise RLHFError(
-                "The independent judge needs the vaderSentiment package (its lexicon ships with it, no "
-                "download): pip install vaderSentiment, or pip install -r requirements.txt."
-            ) from error
-        self._analyzer = SentimentIntensityAnalyzer()
-
-    def scores(self, texts: Sequence[str]) -> list[float]:
-        """VADER's compound score of each text, in [-1, 1]."""
-        return [self._analyzer.polarity_scores(text)["compound"] for text in texts]
-
-    def positive(self, texts: Sequence[str]) -> list[bool]:
-        """Whether the judge calls each text positive (compound > 0.05)."""
-        return [score > self.threshold for score in self.scores(texts)]
+def minibatch_indices(cfg: PPOConfig, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """Step (6)'s minibatches: for each of cfg.ppo_epochs passes, the batch's rows shuffled and cut into minibatches
+    of cfg.minibatch_size row indices."""
+    for _epoch in range(cfg.ppo_epochs):
+        yield from torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size)
 
 
 @torch.no_grad()
@@ -1273,6 +967,7 @@ def evaluate_policy(
     threshold: float = 0.0,
     judge: SentimentJudge | None = None,
     chunk_size: int | None = None,
+    known: set[str] | None = None,
 ) -> tuple[dict[str, float], pd.DataFrame]:
     """Sample one response per held-out prompt and measure it; returns (summary, one row per prompt).
 
@@ -1282,86 +977,179 @@ def evaluate_policy(
     EOS, the KL to `ref_lm` (sum over response tokens of log pi - log pi_ref, at `temperature`) and the
     reference's negative log-likelihood at temperature 1. Summary: the means and shares of those, the
     reference perplexity exp(total NLL / tokens), the mean response length, distinct-2 (`grouped_distinct_n`) and the
-    share of responses repeating a word 3+ times (`repeats_a_word`).
+    share of responses repeating a word 3+ times (`repeats_a_word`); with `known` (`known_words` of the training
+    text), the share of prompt + response words found in it (`real_word_share`).
     Log-prob passes run in chunks of `chunk_size` rows (default: batch_size).
     """
     import pandas as pd
 
-    device = next(lm.parameters()).device
-    autocast = precision.autocast
-    generator = torch.Generator(device=device).manual_seed(seed)
     rows: dict[str, list] = {
         k: [] for k in ("prompt", "response", "raw_score", "ends_with_eos", "kl", "ref_nll", "length")
     }
-    with eval_mode(lm):
-        for start in range(0, len(prompts), batch_size):
-            prompt_ids, prompt_mask = pad_batch(
-                prompts[start : start + batch_size], tokenizer.pad_token_id, side="left"
+    batches = sample_batches(lm, tokenizer, prompts, max_new_tokens, temperature, precision, seed, batch_size)
+    for prompt_ids, prompt_mask, responses, response_mask in batches:  # (b, P), (b, R); lm in eval mode
+        input_ids = torch.cat([prompt_ids, responses], 1)  # (b, P + R)
+        attention_mask = torch.cat([prompt_mask, response_mask], 1)
+        start, mask, chunk = prompt_ids.shape[1], response_mask.float(), chunk_size or batch_size
+        with precision.autocast():
+            raw_scores = score_responses(reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (b,)
+            logprobs = response_logprobs(lm, input_ids, attention_mask, start, temperature, chunk)  # (b, R)
+            ref_logprobs = response_logprobs(ref_lm, input_ids, attention_mask, start, temperature, chunk)
+            ref_logprobs_t1 = (
+                ref_logprobs
+                if temperature == 1.0
+                else response_logprobs(ref_lm, input_ids, attention_mask, start, 1.0, chunk)
             )
-            prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)  # (b, P)
-            responses, response_mask = generate(
-                lm,
-                prompt_ids,
-                prompt_mask,
-                max_new_tokens,
-                tokenizer.eos_token_id,
-                tokenizer.pad_token_id,
-                temperature=temperature,
-                generator=generator,
-                precision=precision,
-            )  # (b, R)
-            input_ids = torch.cat([prompt_ids, responses], 1)  # (b, P + R)
-            attention_mask = torch.cat([prompt_mask, response_mask], 1)
-            start_r, mask, chunk = prompt_ids.shape[1], response_mask.float(), chunk_size or batch_size
-            with autocast():
-                raw_scores = score_responses(reward_model, prompt_ids, prompt_mask, responses, response_mask)  # (b,)
-                logprobs = response_logprobs(lm, input_ids, attention_mask, start_r, temperature, chunk)  # (b, R)
-                ref_logprobs = response_logprobs(ref_lm, input_ids, attention_mask, start_r, temperature, chunk)
-                ref_logprobs_t1 = (
-                    ref_logprobs
-                    if temperature == 1.0
-                    else response_logprobs(ref_lm, input_ids, attention_mask, start_r, 1.0, chunk)
-                )
-            rows["prompt"] += tokenizer.batch_decode(
-                prompt_ids.masked_fill(prompt_mask == 0, tokenizer.eos_token_id).tolist(), skip_special_tokens=True
-            )
-            rows["response"] += decode_responses(tokenizer, responses, response_mask)
-            rows["raw_score"] += raw_scores.float().tolist()
-            rows["ends_with_eos"] += ends_with_eos(responses, response_mask, tokenizer.eos_token_id).tolist()
-            rows["kl"] += ((logprobs - ref_logprobs) * mask).sum(1).tolist()
-            rows["ref_nll"] += (-ref_logprobs_t1 * mask).sum(1).tolist()
-            rows["length"] += response_mask.sum(1).tolist()
+        rows["prompt"] += decode_prompts(tokenizer, prompt_ids, prompt_mask)
+        rows["response"] += decode_responses(tokenizer, responses, response_mask)
+        rows["raw_score"] += raw_scores.float().tolist()
+        rows["ends_with_eos"] += ends_with_eos(responses, response_mask, tokenizer.eos_token_id).tolist()
+        rows["kl"] += ((logprobs - ref_logprobs) * mask).sum(1).tolist()
+        rows["ref_nll"] += (-ref_logprobs_t1 * mask).sum(1).tolist()
+        rows["length"] += response_mask.sum(1).tolist()
     table = pd.DataFrame(rows)
     table.insert(3, "positive", table["raw_score"] > threshold)
     if judge is not None:
         texts = [prompt + response for prompt, response in zip(table["prompt"], table["response"])]
         table.insert(4, "judge_score", judge.scores(texts))
         table.insert(5, "judge_positive", table["judge_score"] > judge.threshold)
-    return summarise_evaluation(table), table
+    return summarise_evaluation(table, known), table
 
 
-def summarise_evaluation(table: pd.DataFrame) -> dict[str, float]:
-    """The summary of an `evaluate_policy` table (one row per prompt): means, shares, perplexity, diversity."""
-    summary = {
-        "raw_score_mean": float(table["raw_score"].mean()),
-        "positive_share": float(table["positive"].mean()),
-    }
-    if "judge_score" in table:
-        summary.update(
-            judge_score_mean=float(table["judge_score"].mean()),
-            judge_positive_share=float(table["judge_positive"].mean()),
-        )
-    summary.update(
-        {
-            "kl_to_ref": float(table["kl"].mean()),
-            "ref_perplexity": math.exp(table["ref_nll"].sum() / max(1, table["length"].sum())),
-            "eos_share": float(table["ends_with_eos"].mean()),
-            "response_length": float(table["length"].mean()),
-            "distinct_2": grouped_distinct_n(list(table["response"]), 2),
-            "repeat_share": float(table["response"].map(repeats_a_word).mean()),
-        }
-    )
-    return summary
+# -----------------------------------------------------------------------------
+# 6. Beyond PPO (notebook 3, section 8): the critic-free estimators, their losses, best-of-n, DPO
+
+
+# The critic-free estimators [Ahmadian24, Shao24, Liu25, Hu25]. Each gives every response token the return from
+# that token on, G_t = sum_{t' >= t} gamma^(t' - t) r_t' (GAE with V = 0 and lambda = 1), after replacing the score
+# on the last token by the score relative to a baseline: the other samples of the same prompt instead of a critic.
+# The KL penalty stays per token in r_t, as for PPO. Groups are consecutive rows of k (`sample_prompts`). Their
+# names, whether each compares a group, and how each averages its loss: config.ESTIMATORS, the one table.
+
+
+def _groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """scores (B,) as (B / k, k): row g holds the k responses to prompt g."""
+    if group_size < 2 or scores.shape[0] % group_size:
+        raise ValueError(f"{scores.shape[0]} scores cannot form groups of samples_per_prompt={group_size} (k >= 2).")
+    return scores.view(-1, group_size)
+
+
+def _with_score(
+    rewards: torch.Tensor, mask: torch.Tensor, scores: torch.Tensor, new_scores: torch.Tensor
+) -> torch.Tensor:
+    """The rewards (B, T) with each row's score on its last real token replaced by new_scores (B,)."""
+    change = (new_scores - scores) * (mask.sum(1) > 0)  # (B,)
+    return rewards.scatter_add(1, last_real_index(mask)[:, None], change.to(rewards.dtype)[:, None])
+
+
+def dr_grpo_advantages(
+    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
+) -> torch.Tensor:
+    """Dr. GRPO [Liu25]: score - group mean (no std), then G_t: (B, T); its loss is not length-normalised."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    relative = groups - groups.mean(1, keepdim=True)
+    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
+
+
+def grpo_advantages(
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    mask: torch.Tensor,
+    group_size: int,
+    gamma: float = 1.0,
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """GRPO [Shao24]: (score - group mean) / (group std + eps), the std unbiased over the k samples, then G_t: (B, T)."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    relative = (groups - groups.mean(1, keepdim=True)) / (groups.std(1, keepdim=True) + eps)
+    return returns_to_go(_with_score(rewards, mask, scores, relative.flatten()), mask, gamma)
+
+
+def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} over each row's masked tokens, backwards, G = 0 after the last: (B, T).
+
+    That is GAE without a critic: with V = 0 each delta_t is r_t, and lambda = 1 sums them all."""
+    advantages, _ = compute_gae(torch.zeros_like(rewards), rewards, mask, gamma, lam=1.0)
+    return advantages
+
+
+def rloo_advantages(
+    scores: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, group_size: int, gamma: float = 1.0
+) -> torch.Tensor:
+    """RLOO [Ahmadian24]: the score minus the mean of the other k - 1 scores of its prompt, then G_t: (B, T)."""
+    groups = _groups(scores, group_size)  # (B / k, k)
+    others = (groups.sum(1, keepdim=True) - groups) / (group_size - 1)  # leave-one-out mean
+    return returns_to_go(_with_score(rewards, mask, scores, (groups - others).flatten()), mask, gamma)
+
+
+def reinforce_pp_advantages(rewards: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """REINFORCE++ [Hu25]: G_t with no baseline, whitened over every response token of the batch: (B, T)."""
+    return masked_whiten(returns_to_go(rewards, mask, gamma), mask)
+
+
+def compute_advantages(
+    estimator: str,
+    scores: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    lam: float,
+    group_size: int,
+    whiten: bool,
+    pieces: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step (5) the chosen way: (advantages, returns), (B, T) each. 'gae' uses the critic's values (whitened when
+    `whiten`); the others ignore them, and their returns G_t (no critic learns them) are for the metrics only.
+    `pieces` supplies compute_gae and the estimators (notebook 3 passes its pieces: yours where you wrote one)."""
+    use = pieces if pieces is not None else _THIS_MODULE
+    if estimator == "gae":
+        advantages, returns = use.compute_gae(values, rewards, mask, gamma, lam)
+        return (masked_whiten(advantages, mask) if whiten else advantages), returns
+    if estimator == "reinforce_pp":
+        advantages = use.reinforce_pp_advantages(rewards, mask, gamma)
+    elif estimator in GROUP_ESTIMATORS:
+        advantages = getattr(use, f"{estimator}_advantages")(scores, rewards, mask, group_size, gamma)
+    else:
+        raise ValueError(f"advantage_estimator={estimator!r}: use one of {', '.join(ADVANTAGE_ESTIMATORS)}.")
+    return advantages, returns_to_go(rewards, mask, gamma)
+
+
+# How each estimator's policy loss averages over tokens: PPO and REINFORCE-style methods over every token of the
+# minibatch; GRPO each response's mean first (a long response's tokens count less) [Shao24 eq. 3]; Dr. GRPO a sum
+# over tokens divided by a constant, the most tokens a response may have [Liu25].
+LOSS_AGGREGATION = {name: averaging for name, (_, averaging) in ESTIMATORS.items()}  # from config's one table
+
+
+def aggregate_loss(
+    per_token: torch.Tensor, mask: torch.Tensor, how: str, max_tokens: int | None = None
+) -> torch.Tensor:
+    """A per-token loss (B, T) as one number: 'token' (mean over every masked token), 'sequence' (mean over rows of
+    each row's mean) or 'constant' (masked sum / (B * max_tokens))."""
+    if how == "token":
+        return masked_mean(per_token, mask)
+    if how == "sequence":
+        return masked_mean(per_token, mask, dim=1).mean()
+    if how == "constant":
+        if not max_tokens:
+            raise ValueError("aggregate_loss(how='constant') needs max_tokens, the most tokens a response may have.")
+        return (per_token * mask.to(per_token.dtype)).sum() / (per_token.shape[0] * max_tokens)
+    raise ValueError(f"aggregate_loss: how={how!r}; use 'token', 'sequence' or 'constant'.")
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    how: str,
+    max_tokens: int | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's `clipped_surrogate`, averaged over tokens as an estimator's paper does (`aggregate_loss`: GRPO's
+    'sequence', Dr. GRPO's 'constant'); with how='token' it is `ppo_policy_loss`."""
+    losses, stats = clipped_surrogate(logprobs, old_logprobs, advantages, mask, clip_range)  # (B, T)
+    return aggregate_loss(losses, mask, how, max_tokens), stats
 
 
 def best_of_n_kl(n: int) -> float:
@@ -1382,206 +1170,104 @@ def best_of_n(tables: Sequence[pd.DataFrame], n: int) -> tuple[dict[str, float],
     return summarise_evaluation(chosen), chosen
 
 
-def curve_metrics(
+# DPO [Rafailov23]: no reward model in the loss and no sampling while training. The policy learns from pairs
+# (chosen y_w, rejected y_l) directly; its implicit reward is beta * log(pi / pi_ref).
+
+
+def dpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DPO loss [Rafailov23 eq. 7], a mean over the pairs, and its statistics: from sequence log-probs (B,) of the
+    chosen and the rejected responses under the policy and the reference."""
+    # the implicit rewards beta log(pi / pi_ref) of each response
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)  # (B,)
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)  # (B,)
+    # L = -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
+    loss = -F.logsigmoid(chosen_rewards - rejected_rewards).mean()
+    with torch.no_grad():
+        stats = {
+            "accuracy": (chosen_rewards > rejected_rewards).float().mean(),  # pairs the policy already ranks right
+            "margin": (chosen_rewards - rejected_rewards).mean(),
+            "chosen_reward": chosen_rewards.mean(),
+            "rejected_reward": rejected_rewards.mean(),
+        }
+    return loss, stats
+
+
+@torch.no_grad()
+def sample_preference_pairs(
     lm: nn.Module,
     ref_lm: nn.Module,
     reward_model: ScalarHeadModel,
-    tokenizer: Any,
+    prompts: Sequence[Sequence[int]],
+    n_pairs: int,
+    cfg: PPOConfig,
+    score_mean: float,
+    score_std: float,
+    generator: torch.Generator,
+    precision: Precision = FP32,
+    pad_id: int = 0,
+    eos_id: int = 0,
+) -> PreferencePairs:
+    """Two responses from `lm` to each of n_pairs prompts drawn from `prompts`, in batches of cfg.batch_size, scored as
+    PPO's step (2) scores them (normalised, minus the missing-EOS penalty); the higher-scoring one is chosen, ties
+    are dropped (`pairs_from_samples`). Their reference log-probs are computed once, here."""
+    device = next(lm.parameters()).device
+    rows: list[tuple] = []
+    with eval_mode(lm):
+        for done in range(0, 2 * n_pairs, cfg.batch_size):
+            size = min(cfg.batch_size, 2 * n_pairs - done)
+            prompt_ids, prompt_mask = sample_prompts(prompts, size, pad_id, generator, device, samples_per_prompt=2)
+            responses, response_mask = generate(lm, prompt_ids, prompt_mask, cfg.response_length, eos_id, pad_id,
+                                                cfg.temperature, generator, precision)  # fmt: skip
+            input_ids = torch.cat([prompt_ids, responses], 1)  # (b, P + R): a prompt's two rows side by side
+            attention_mask = torch.cat([prompt_mask, response_mask], 1)
+            start = prompt_ids.shape[1]
+            with precision.autocast():
+                scores = (reward_model.score(input_ids, attention_mask) - score_mean) / score_std
+                scores = scores - cfg.missing_eos_penalty * ~ends_with_eos(responses, response_mask, eos_id)
+                ref_logps = sequence_logprobs(ref_lm, input_ids, attention_mask, start, cfg.minibatch_size)  # (b,)
+            rows.append((input_ids, attention_mask, start, scores.float(), ref_logps.float()))
+    return pairs_from_samples(rows, pad_id, device)
+
+
+def sequence_logprobs(
+    lm: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """log pi(y | x) of each row's response: the sum of its tokens' log-probs (temperature 1), (B,)."""
+    logprobs = response_logprobs(lm, input_ids, attention_mask, response_start, 1.0, chunk_size)  # (B, R)
+    return (logprobs * attention_mask[:, response_start:].to(logprobs.dtype)).sum(1)  # (B,)
+
+
+@torch.no_grad()
+def implicit_reward_agreement(
+    lm: nn.Module,
+    ref_lm: nn.Module,
+    reward_model: ScalarHeadModel,
     prompts: Sequence[Sequence[int]],
     cfg: PPOConfig,
-    precision: Precision,
-    threshold: float,
-    judge: SentimentJudge,
-) -> dict[str, float]:
-    """One point of the over-optimisation curve: `evaluate_policy` on held-out prompts, as curve/ metrics.
-
-    It samples with its own seeded generator, so it never changes what training draws: a run with the
-    curve and one without it train identically.
-    """
-    summary, _ = evaluate_policy(
-        lm,
-        ref_lm,
-        reward_model,
-        tokenizer,
-        prompts,
-        cfg.response_length,
-        cfg.temperature,
-        seed=cfg.seed,
-        batch_size=cfg.batch_size,
-        precision=precision,
-        threshold=threshold,
-        judge=judge,
-        chunk_size=cfg.minibatch_size,
-    )
-    return {
-        f"curve/{name}": summary[name]
-        for name in (
-            "positive_share",
-            "judge_positive_share",
-            "kl_to_ref",
-            "distinct_2",
-            "repeat_share",
-            "eos_share",
-            "raw_score_mean",
-        )
-    }
-
-
-def sample_table(
-    tokenizer: Any,
-    prompt_ids: torch.Tensor,
-    prompt_mask: torch.Tensor,
-    responses: torch.Tensor,
-    response_mask: torch.Tensor,
-    rows: int = 4,
-    **columns: torch.Tensor | Sequence[Any],
-) -> pd.DataFrame:
-    """The first `rows` episodes of a batch as text (prompt, response), with any per-episode columns given."""
-    import pandas as pd
-
-    prompts = tokenizer.batch_decode(
-        prompt_ids[:rows].masked_fill(prompt_mask[:rows] == 0, tokenizer.eos_token_id).tolist(),
-        skip_special_tokens=True,
-    )
-    table = {"prompt": prompts, "response": decode_responses(tokenizer, responses[:rows], response_mask[:rows])}
-    for name, values in columns.items():
-        values = values[:rows].tolist() if isinstance(values, torch.Tensor) else list(values[:rows])
-        table[name] = [round(v, 3) if isinstance(v, float) else v for v in values]
-    return pd.DataFrame(table)
-
-
-class HealthRule(typing.NamedTuple):
-    """One row of the health table: a metric, how the run is summarised, the healthy range, the range beyond which
-    the run is broken (None: outside the healthy range is a warning, never broken), and what each side means."""
-
-    metric: str
-    summary: str
-    healthy: tuple[float, float]
-    broken: tuple[float, float] | None
-    low_means: str
-    high_means: str
-    label: str = ""  # the row's name, where it is not the metric's
-
-
-INF = math.inf
-
-# Calibrated on measured runs of the cpu profile (notebook 3 on real SST-2, responses of at most 24 tokens, fixed
-# beta): 0.12 is healthy on every row, 0.03 drifts (KL ~10, entropy down to 0.6 of its start, more repeats), 0.005
-# collapses (strings of "and"). The KL bands are per sequence, so they hold for a fixed beta as for the adaptive
-# controller; a task with longer responses needs wider ones. They are reasons to look, not theorems.
-PPO_HEALTH_RULES: list[HealthRule] = [
-    HealthRule("objective/kl", "last quarter", (0.0, 6.0), (-INF, 15.0), "",
-               "the policy drifted far from the reference: raise beta (init_kl_coef) or stop earlier"),
-    HealthRule("policy/entropy", "last quarter / first", (0.7, 1.5), (0.5, 3.0),
-               "the policy narrowed onto a few continuations: the first sign of collapse (raise beta)",
-               "the policy became more random than the SFT model (lower learning_rate)"),
-    HealthRule("curve/distinct_2", "last quarter", (0.85, 1.0), (0.6, INF),
-               "the responses repeat each other's word pairs (128 held-out responses): collapse", ""),
-    HealthRule("curve/repeat_share", "last quarter", (0.0, 0.03), (-INF, 0.15), "",
-               "many responses repeat a word 3+ times: reward hacking by repetition"),
-    HealthRule("env/response_length", "last quarter / first", (0.5, 2.0), (0.25, 4.0),
-               "the responses shrank: short endings are cheap reward (watch distinct-2)",
-               "the responses grew long: check that they still end with EOS"),
-    HealthRule("policy/approx_kl", "mean", (0.0, 0.05), (-INF, 0.2), "",
-               "each epoch moves the policy far from the one that sampled: the clip no longer holds the update "
-               "(lower learning_rate or ppo_epochs)"),
-    HealthRule("policy/clipfrac", "mean", (0.0, 0.3), (-INF, 0.5), "",
-               "most of the batch hits the clip: the updates are large (lower learning_rate or ppo_epochs)"),
-    HealthRule("value/explained_variance", "last quarter", (0.2, 1.0), (0.0, INF),
-               "the value head predicts the returns little better than a constant, so the advantages are mostly "
-               "noise (raise vf_coef, train longer); below 0 it is worse than a constant", ""),
-    HealthRule("policy/grad_norm", "last quarter / max_grad_norm", (0.0, 3.0), None, "",
-               "the gradient sits far above the clip: every step is cut to max_grad_norm; look for a cause "
-               "(a large learning rate, unnormalised scores)"),
-]  # fmt: skip
-
-
-def _outside(band: tuple[float, float]) -> str:
-    """A broken band in words: 'above 15', 'below 0.6', 'outside 0.5 to 3'."""
-    low, high = band
-    return f"above {high:g}" if low == -INF else f"below {low:g}" if high == INF else f"outside {low:g} to {high:g}"
-
-
-def _summarise(values: Sequence[float], summary: str, cfg: PPOConfig) -> float:
-    """A series (one value per logged iteration) summarised as a rule asks: mean, last quarter, last quarter / first..."""
-    quarter = float(np.mean(values[-max(1, len(values) // 4) :]))
-    return {
-        "mean": float(np.mean(values)),
-        "last quarter": quarter,
-        "last quarter / first": quarter / max(abs(values[0]), 1e-8),
-        "last quarter / max_grad_norm": quarter / cfg.max_grad_norm,
-        "last quarter / kl_target": quarter / cfg.kl_target,
-    }[summary]
-
-
-def ppo_health_table(history: History, cfg: PPOConfig) -> pd.DataFrame:
-    """The run's own values beside PPO_HEALTH_RULES: a verdict per row (healthy, warning, broken) and what a value
-    outside the healthy range means. The run's verdict is in `.attrs["verdict"]` (`ppo_run_verdict`)."""
-    import pandas as pd
-
-    rules = [r for r in PPO_HEALTH_RULES if cfg.advantage_estimator == "gae" or not r.metric.startswith("value/")]
-    if cfg.adaptive_kl:  # the controller has a target: the KL should sit near it
-        rules.append(HealthRule("objective/kl", "last quarter / kl_target", (0.5, 2.0), None,
-                                "beta holds the policy back far below the target",
-                                "the policy drifts faster than beta reacts (a smaller kl_horizon reacts sooner)",
-                                "objective/kl vs kl_target"))  # fmt: skip
-    rows = []
-    for rule in rules:
-        _, values = history.series(rule.metric)
-        values = [v for v in values if math.isfinite(v)]
-        if not values:
-            continue
-        value = _summarise(values, rule.summary, cfg)
-        low, high = rule.healthy
-        if low <= value <= high:
-            verdict, reading = "healthy", ""
-        else:
-            broken = rule.broken is not None and not rule.broken[0] <= value <= rule.broken[1]
-            verdict, reading = ("broken" if broken else "warning"), (rule.low_means if value < low else rule.high_means)
-        rows.append(
-            {
-                "metric": rule.label or rule.metric,
-                "this run": f"{value:.3g} ({rule.summary})",
-                "healthy": f"{low:g} to {high:g}",
-                "broken": "never" if rule.broken is None else _outside(rule.broken),
-                "verdict": verdict,
-                "reading": reading,
-            }
-        )
-    table = pd.DataFrame(rows).set_index("metric")
-    verdicts = set(table["verdict"])
-    table.attrs["verdict"] = "broken" if "broken" in verdicts else "warned" if "warning" in verdicts else "healthy"
-    return table
-
-
-def ppo_run_verdict(history: History, cfg: PPOConfig) -> str:
-    """'healthy' (every row in range), 'warned' (some row outside its healthy range) or 'broken' (some row beyond
-    its broken range), from `ppo_health_table`."""
-    return ppo_health_table(history, cfg).attrs["verdict"]
-
-
-# -----------------------------------------------------------------------------
-# 7. Exercises: the learner's version of a piece, checked against the one above (all three notebooks)
-
-
-def exercise_references() -> dict[str, Callable[..., Any]]:
-    """The tested implementation each exercise compares with (the two formula exercises: their formula)."""
-    from rlhf_support import solutions
-
-    return {
-        "lm_labels": lm_labels,
-        "causal_lm_loss": causal_lm_loss,
-        "sft_probability": solutions.sft_probability,
-        "pairwise_reward_loss": pairwise_reward_loss,
-        "score_at_last_token": score_at_last_token,
-        "probability_ratio": solutions.probability_ratio,
-        "compute_rewards": compute_rewards,
-        "compute_gae": compute_gae,
-        "ppo_policy_loss": ppo_policy_loss,
-        "grpo_advantages": grpo_advantages,
-    }
-
-
-def check_exercise(name: str, fn: Callable[..., Any], **settings: Any) -> CheckResult:
-    """Check a learner's `fn` for exercise `name` against the tested one on random inputs (never raises)."""
-    return check_against_reference(name, fn, exercise_references()[name], **settings)
+    score_mean: float,
+    score_std: float,
+    precision: Precision = FP32,
+    pad_id: int = 0,
+    eos_id: int = 0,
+    n_pairs: int = 512,
+) -> float:
+    """How often `lm`'s implicit reward beta log(pi / pi_ref) ranks a pair of the reference's responses to held-out
+    `prompts` as the reward model does (the pairs' chosen response first): a share in [0, 1]."""
+    generator = torch.Generator(device=next(lm.parameters()).device).manual_seed(cfg.seed + 2)
+    pairs = sample_preference_pairs(ref_lm, ref_lm, reward_model, prompts, n_pairs, cfg, score_mean, score_std,
+                                    generator, precision, pad_id, eos_id)  # fmt: skip
+    with eval_mode(lm), precision.autocast():
+        chosen = sequence_logprobs(lm, pairs.chosen_ids, pairs.chosen_mask, pairs.start, cfg.minibatch_size)
+        rejected = sequence_logprobs(lm, pairs.rejected_ids, pairs.rejected_mask, pairs.start, cfg.minibatch_size)
+    margin = (chosen.float() - pairs.ref_chosen_logps) - (rejected.float() - pairs.ref_rejected_logps)  # / beta
+    return float((margin > 0).float().mean())

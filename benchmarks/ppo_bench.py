@@ -8,14 +8,15 @@ iterations on random prompts, and prints one table per mode.
     python benchmarks/ppo_bench.py --size gpt2 --device cuda --json benchmarks/results/gpt2_cuda.json
 
 --mode fast runs one iteration of 3-RLHF.ipynb's own loop cell (tagged "ppo-loop"), executed as the notebook runs
-it; the phases are timed where the cell reads its clocks (ru.device_clock), and it writes no checkpoint:
-  generation     (1) sample one response per prompt with the KV cache        ru.generate
-  scoring        (2) reward-model scores, normalised, minus the missing-EOS penalty; (3) one no-grad
-                 pass of the policy (log-probs, values, entropy) and one of the reference; (4) the
-                 KL-shaped rewards; (5) GAE and whitened advantages     ru.score_responses, ru.policy_forward,
+it; each phase is timed from the cell's lap that ends the phase before it (RunTracker.lap, by the loop's own phase
+names), and it writes no checkpoint:
+  generate   (1) sample one response per prompt with the KV cache            ru.generate
+  score      (2) reward-model scores, normalised, minus the missing-EOS penalty; (3) one no-grad
+             pass of the policy (log-probs, values, entropy) and one of the reference; (4) the
+             KL-shaped rewards; (5) GAE and whitened advantages         ru.score_responses, ru.policy_forward,
                                                                         ru.response_logprobs, ru.compute_gae ...
-  optimisation   (6) ppo_epochs x (batch / minibatch) steps of the clipped policy loss + vf_coef x the
-                 clipped value loss, clipped gradients                  ru.ppo_policy_loss, ru.optimizer_step ...
+  optimise   (6) ppo_epochs x (batch / minibatch) steps of the clipped policy loss + vf_coef x the
+             clipped value loss, clipped gradients                      ru.ppo_policy_loss, ru.optimizer_step ...
 
 --mode plain runs the same algorithm the way a first implementation would write it (PLAIN_DIFFERENCES
 lists every difference); --compare runs both, interleaving their iterations, and prints the ratio.
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ import torch  # noqa: E402
 
 import rlhf_utils as ru  # noqa: E402
 from rlhf_support.errors import ConfigError  # noqa: E402
+from rlhf_support.loop import PHASES, RunTracker  # noqa: E402
 from rlhf_support.notebook_cells import run_tagged_cell  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "3-RLHF.ipynb"
@@ -71,13 +75,13 @@ PEAK_FLOPS: list[tuple[str, float, str]] = [
 ]
 PLAIN_DIFFERENCES = [
     "models: as transformers builds them (GPT-2's GELU as eight elementwise ops; rlhf_utils' loaders fuse it)",
-    "generation: Hugging Face `lm.generate(do_sample=True, top_k=0)` (KV cache, batched, torch.multinomial) instead "
+    "generate: Hugging Face `lm.generate(do_sample=True, top_k=0)` (KV cache, batched, torch.multinomial) instead "
     "of ru.generate, and the response mask built by a Python loop over the samples (first EOS of each row)",
     "log-prob passes: the policy's logits and its values from two trunk passes, logits at every position, a full "
     "log_softmax, the entropy in every pass, and 2D attention masks, whose values transformers reads (a device "
     "sync per pass) (the fast path: one trunk pass, the LM head on the response positions only, no entropy in "
     "the minibatch passes, 4D masks); the reward model's pass is the same in both",
-    "optimisation: torch.optim.AdamW without the fused kernel, and each minibatch's statistics read back "
+    "optimise: torch.optim.AdamW without the fused kernel, and each minibatch's statistics read back "
     "with .tolist() (a device sync per minibatch; the fast path reads them once per iteration)",
     "precision: fp32 everywhere (the fast path follows --precision: bf16 autocast on GPUs that have it)",
 ]
@@ -191,8 +195,6 @@ def ppo_config(shapes: Shapes) -> ru.PPOConfig:
         minibatch_size=shapes.minibatch_size,
         ppo_epochs=shapes.ppo_epochs,
         response_length=shapes.response_length,
-        prompt_min_tokens=shapes.prompt_min,
-        prompt_max_tokens=shapes.prompt_max,
     )
 
 
@@ -237,38 +239,62 @@ class RolloutDone(Exception):
     """Raised at the end of the rollout (--only-rollout): the iteration stops before its PPO epochs."""
 
 
-class LoopHooks:
-    """`ru` as the notebook's loop cell sees it in the benchmark: the same module, except that each of the cell's
-    four clock readings (start, generated, scored, optimised) also moves the phase clock on, and no checkpoint is due."""
+class BenchTracker(RunTracker):
+    """The notebook's RunTracker, with the benchmark's phase clock: each phase of PHASES starts where the cell's lap
+    ends the one before it (the first, where the iteration starts), named as the loop names it; nothing is due."""
 
-    PHASES = ("generation", "scoring", "optimisation", None)
+    def __init__(self, *args: Any, phase_clock: PhaseClock, only_rollout: bool, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.phase_clock, self.only_rollout = phase_clock, only_rollout
+
+    def iterations(self) -> Iterator[int]:
+        """The tracker's iterations, the phase clock starting the first phase as each begins."""
+        for iteration in super().iterations():
+            self.begin(PHASES[0])
+            yield iteration
+
+    def lap(self, phase: str) -> None:
+        """The end of `phase` (RunTracker.lap), and the start of the next one on the phase clock."""
+        super().lap(phase)
+        following = PHASES[PHASES.index(phase) + 1 :]
+        self.begin(following[0] if following else None)
+
+    def begin(self, phase: str | None) -> None:
+        """Start timing `phase` (None: the iteration's phases are over); --only-rollout stops before "optimise"."""
+        if self.only_rollout and phase == "optimise":
+            raise RolloutDone
+        self.phase_clock.begin(phase)
+
+    def checkpoint_due(self, iteration: int) -> bool:
+        """Never: a benchmark writes no checkpoint."""
+        return False
+
+
+class LoopHooks:
+    """`ru` as the notebook's loop cell sees it in the benchmark: the same module, except that its RunTracker times
+    the phases (BenchTracker) and the rollout's passes may run in other chunks (--rollout-chunk)."""
 
     def __init__(self, only_rollout: bool, rollout_chunk: int | None):
-        self.only_rollout, self.rollout_chunk, self.clock, self.reading = only_rollout, rollout_chunk, None, 0
+        self.only_rollout, self.rollout_chunk, self.clock = only_rollout, rollout_chunk, None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(ru, name)
 
-    def device_clock(self, device: torch.device) -> float:
-        phase = self.PHASES[self.reading % 4]
-        self.reading += 1
-        if self.only_rollout and phase == "optimisation":
-            raise RolloutDone
-        self.clock.begin(phase)
-        return ru.device_clock(device)
-
-    def checkpoint_due(self, *args: Any) -> bool:
-        return False
+    def RunTracker(self, *args: Any, **kwargs: Any) -> BenchTracker:  # noqa: N802  (ru.RunTracker, as the cell spells it)
+        """The notebook's RunTracker, timing the phases on this iteration's PhaseClock and never due to save."""
+        return BenchTracker(*args, phase_clock=self.clock, only_rollout=self.only_rollout, **kwargs)
 
     def _chunk(self, chunk_size: int | None) -> int | None:
         """--rollout-chunk N: the no-grad passes in chunks of N rows (0: the whole batch) instead of the cell's."""
         return chunk_size if chunk_size is None or self.rollout_chunk is None else (self.rollout_chunk or None)
 
-    def policy_forward(self, *args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
-        return ru.policy_forward(*args, chunk_size=self._chunk(chunk_size), **kwargs)
+    def policy_forward(self, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(ru.policy_forward).bind(*args, **kwargs).arguments
+        return ru.policy_forward(**{**bound, "chunk_size": self._chunk(bound.get("chunk_size"))})
 
-    def response_logprobs(self, *args: Any, chunk_size: int | None = None, **kwargs: Any) -> Any:
-        return ru.response_logprobs(*args, chunk_size=self._chunk(chunk_size), **kwargs)
+    def response_logprobs(self, *args: Any, **kwargs: Any) -> Any:
+        bound = inspect.signature(ru.response_logprobs).bind(*args, **kwargs).arguments
+        return ru.response_logprobs(**{**bound, "chunk_size": self._chunk(bound.get("chunk_size"))})
 
 
 class PPOBench:
@@ -313,7 +339,7 @@ class PPOBench:
                 train_prompts=[row[mask.bool()].tolist() for ids, masks in prompt_rows for row, mask in zip(ids, masks)],
                 score_mean=self.score_mean, score_std=self.score_std, reward_threshold=0.0, optimizer=self.optimizer,
                 scaler=self.scaler, kl_controller=self.kl_ctl, generator=self.generator, history=ru.History(),
-                judge=None, curve_prompt_ids=[], run_signature={},
+                run_signature={}, pieces=ru.ppo_pieces(self.cfg, device, self.precision), measure_curve=dict,
             )  # fmt: skip
 
     def prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -381,7 +407,7 @@ class PPOBench:
     def notebook_iteration(self, clock: PhaseClock) -> dict[str, float]:
         """One iteration of 3-RLHF.ipynb's loop cell, executed as it is."""
         ns, cfg = self.namespace, self.cfg
-        self.hooks.clock, self.hooks.reading = clock, 0
+        self.hooks.clock = clock
         ns.update(
             cfg=dataclasses.replace(cfg, num_iterations=self.done + 1, curve_prompts=0, samples_every=10**9),
             start_iteration=self.done,
@@ -389,14 +415,14 @@ class PPOBench:
         try:
             run_tagged_cell(NOTEBOOK, "ppo-loop", ns)
         except RolloutDone:  # --only-rollout: stopped before the PPO epochs, which take no time then
-            clock.begin("optimisation")
+            clock.begin("optimise")
             clock.begin(None)
             kl = ns["kl"].sum(1).mean().item()
             return {"kl": kl, "score": ns["scores"].mean().item(),
                     "generated_tokens": ns["response_mask"].sum().item(), "loss": 0.0, "update_tokens": 0}  # fmt: skip
         finally:
-            if ns.get("book") is not None and ns["book"].bar is not None:
-                ns["book"].bar.close()  # --only-rollout leaves the loop, and its progress bar, half way
+            if ns.get("tracker") is not None and ns["tracker"].bar is not None:
+                ns["tracker"].bar.close()  # --only-rollout leaves the loop, and its progress bar, half way
         self.done += 1
         last = ns["history"].rows[-1]
         return {
@@ -404,7 +430,7 @@ class PPOBench:
             "score": last["env/score_mean"],
             "generated_tokens": last["env/response_length"] * cfg.batch_size,
             "loss": last["loss/policy"] + cfg.vf_coef * last["loss/value"],
-            "update_tokens": cfg.ppo_epochs * cfg.batch_size * ns["query_responses"].shape[1],
+            "update_tokens": cfg.ppo_epochs * cfg.batch_size * ns["input_ids"].shape[1],
         }
 
     def plain_iteration(self, clock: PhaseClock) -> dict[str, float]:
@@ -417,14 +443,14 @@ class PPOBench:
         self.policy.eval()  # dropout off, as in the notebook: the rollout and the update see the same policy
 
         # (1) Sample one response per prompt
-        clock.begin("generation")
+        clock.begin("generate")
         with torch.no_grad():
             responses, response_mask = self.generate_plain(prompt_ids, prompt_mask)
         query_responses = torch.cat([prompt_ids, responses], 1)  # (B, P + R)
         attention_mask = torch.cat([prompt_mask, response_mask], 1)  # (B, P + R)
 
         # (2) Score, normalise, penalise a missing EOS; (3) log-probs and values of policy and reference
-        clock.begin("scoring")
+        clock.begin("score")
         with torch.no_grad():
             raw_scores = ru.score_responses(self.reward_model, prompt_ids, prompt_mask, responses, response_mask)
             scores = (raw_scores - self.score_mean) / self.score_std  # (B,)
@@ -439,7 +465,7 @@ class PPOBench:
             advantages = ru.masked_whiten(advantages, response_mask)
 
         # (6) PPO epochs over shuffled minibatches, each minibatch's statistics read back at once
-        clock.begin("optimisation")
+        clock.begin("optimise")
         mb_stats = []
         for _ in range(0 if self.only_rollout else cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size, generator=self.generator, device=self.device)
@@ -515,7 +541,7 @@ def run_modes(
 
 def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -> dict[str, Any]:
     """The figures of the table from one mode's timed iterations (means over iterations)."""
-    phases = ["generation", "scoring", "optimisation"]
+    phases = list(PHASES)
     seconds = {p: statistics.mean(r[0][p] for r in records) for p in phases}
     seconds["total"] = sum(seconds[p] for p in phases)
     tokens = statistics.mean(r[1]["generated_tokens"] for r in records)
@@ -530,7 +556,7 @@ def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -
         "seconds_per_iteration": seconds,
         "median_total_seconds": statistics.median(sum(r[0][p] for p in phases) for r in records),
         "episodes_per_second": bench.shapes.batch_size / seconds["total"],
-        "generated_tokens_per_second": tokens / seconds["generation"],
+        "generated_tokens_per_second": tokens / seconds["generate"],
         "peak_memory_gib": max(r[2] for r in records) / 2**30 if records[0][2] is not None else None,
         "peak_memory_kind": (
             "GPU tensors (max_memory_allocated), this mode's own"
@@ -540,8 +566,8 @@ def summarize(mode: str, bench: PPOBench, records: list, device: torch.device) -
         "phase_peak_above_start_gib": {p: max(r[3].get(p, 0) for r in records) / 2**30 for p in phases}
         if records[0][3]
         else None,
-        "optimisation_flops": update_flops,
-        "mfu_optimisation": update_flops / seconds["optimisation"] / peak if peak else None,
+        "optimise_flops": update_flops,
+        "mfu_optimise": update_flops / seconds["optimise"] / peak if peak else None,
         "peak_flops": peak,
         "peak_flops_dtype": peak_dtype,
         "policy_parameters": n_params,
@@ -553,12 +579,12 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as a text table."""
     s = result["seconds_per_iteration"]
     rows = [
-        ("generation", f"{s['generation']:.4f}"),
-        ("scoring + log-prob passes", f"{s['scoring']:.4f}"),
-        ("optimisation", f"{s['optimisation']:.4f}"),
+        ("generate", f"{s['generate']:.4f}"),
+        ("score (and the log-prob passes)", f"{s['score']:.4f}"),
+        ("optimise", f"{s['optimise']:.4f}"),
         ("total", f"{s['total']:.4f}"),
         ("episodes / s", f"{result['episodes_per_second']:.1f}"),
-        ("generated tokens / s (generation phase)", f"{result['generated_tokens_per_second']:.0f}"),
+        ("generated tokens / s (generate phase)", f"{result['generated_tokens_per_second']:.0f}"),
         (
             "peak memory, " + ("GPU" if result["peak_memory_kind"].startswith("GPU") else "process RSS"),
             "n/a" if result["peak_memory_gib"] is None else f"{result['peak_memory_gib']:.2f} GiB",
@@ -568,10 +594,10 @@ def format_table(result: dict[str, Any]) -> str:
             for phase, gib in (result["phase_peak_above_start_gib"] or {}).items()
         ],
         (
-            "MFU of optimisation",
+            "MFU of the optimise phase",
             "n/a"
-            if result["mfu_optimisation"] is None
-            else f"{100 * result['mfu_optimisation']:.1f}% of {result['peak_flops'] / 1e12:.0f} TFLOP/s {result['peak_flops_dtype']}",
+            if result["mfu_optimise"] is None
+            else f"{100 * result['mfu_optimise']:.1f}% of {result['peak_flops'] / 1e12:.0f} TFLOP/s {result['peak_flops_dtype']}",
         ),
     ]
     width = max(len(r[0]) for r in rows)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from .colab import drive_error_hint
 from .config import ENV_PREFIX, BaseConfig
 from .errors import CheckpointError, RLHFError
+from .reporting import library_bars_off
 
 MANIFEST = "checkpoint.json"
 
@@ -70,7 +71,7 @@ def make_output_folders(cfg: BaseConfig) -> None:
     if cfg.figures_dir:
         make_writable_folder(cfg.figures_dir, "figures_dir")
     for setting in ("checkpoint_dir", "policy_dir"):
-        if hasattr(cfg, setting):
+        if getattr(cfg, setting, ""):  # '' (no checkpoints) writes nothing
             make_writable_folder(Path(getattr(cfg, setting)).parent, setting)
 
 
@@ -304,7 +305,8 @@ def save_causal_lm(lm: nn.Module, tokenizer: Any, folder: str | Path, meta: Mapp
     """Save a causal LM and its tokenizer as safetensors, atomically."""
     meta = {"kind": "causal_lm", "vocabulary": vocabulary_fingerprint(tokenizer), **(meta or {})}
     with atomic_directory(folder, meta) as tmp:
-        lm.save_pretrained(tmp)
+        with library_bars_off():  # "Writing model shards": one shard, written in a moment
+            lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(folder)
 
@@ -343,6 +345,44 @@ def save_reward_model(
         (tmp / REWARD_CONFIG).write_text(json.dumps(info, indent=1))
         tokenizer.save_pretrained(tmp)
     return Path(folder)
+
+
+def reward_model_folder(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The folder of a reward model saved by `save_reward_model`, verified, and its reward_config.json; a
+    CheckpointError that says what to run when it is missing, damaged or of another layout."""
+    folder = recover_checkpoint(folder)
+    if not folder.is_dir():
+        raise CheckpointError(
+            f"No reward model at {folder}. Run 2-RM Training.ipynb first (it saves there), "
+            "or set RLHF_REWARD_MODEL_DIR to the folder that holds one."
+        )
+    verify_checkpoint(folder)
+    info_path = folder / REWARD_CONFIG
+    if not info_path.exists():
+        raise CheckpointError(
+            f"{folder} has no {REWARD_CONFIG}: it is not a reward model saved by this series "
+            "(or is from an older layout). Re-run 2-RM Training.ipynb to save it again."
+        )
+    info = json.loads(info_path.read_text())
+    if info.get("layout") != REWARD_MODEL_LAYOUT:
+        raise CheckpointError(
+            f"{folder} uses reward-model layout {info.get('layout')}, this code reads layout "
+            f"{REWARD_MODEL_LAYOUT}. Re-run 2-RM Training.ipynb to save it in the current layout."
+        )
+    return folder, info
+
+
+def load_reward_weights(model: nn.Module, folder: Path) -> None:
+    """Load the weights `save_reward_model` wrote in `folder` into `model`: every tensor, or a CheckpointError."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{folder}/model.safetensors does not fit the model: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}. Re-run 2-RM Training.ipynb."
+        )
 
 
 def require_same_vocabulary(policy_tokenizer: Any, reward_tokenizer: Any) -> None:

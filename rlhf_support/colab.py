@@ -169,14 +169,14 @@ def drive_error_hint(error: OSError) -> str:
     return ""
 
 
-def _drive_mount_point() -> Path:
+def drive_mount_point() -> Path:
     """Where Google Drive is mounted: RLHF_DRIVE_MOUNT, by default Colab's /content/drive."""
     return Path(os.environ.get(ENV_PREFIX + "DRIVE_MOUNT") or "/content/drive")
 
 
 def _drive_folder() -> Path:
     """The folder on Drive that holds the series' outputs: RLHF_DRIVE_MOUNT / RLHF_DRIVE_FOLDER."""
-    return _drive_mount_point() / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
+    return drive_mount_point() / os.environ.get(ENV_PREFIX + "DRIVE_FOLDER", "MyDrive/rlhf-in-notebooks")
 
 
 def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs") -> Path | None:
@@ -199,7 +199,7 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
     if not enabled:
         print("KEEP_OUTPUTS_ON_DRIVE is False. " + lost)
         return None
-    mount_point = _drive_mount_point()
+    mount_point = drive_mount_point()
     folder = _drive_folder()
     on_drive, outputs = folder / "outputs", Path(outputs)
     try:
@@ -236,14 +236,14 @@ def keep_outputs_on_drive(enabled: bool = True, outputs: str | Path = "outputs")
     return folder
 
 
-def finish_drive_uploads() -> bool:
+def finish_drive_uploads() -> None:
     """In Colab with Drive mounted: wait until Drive has every file this runtime wrote, then unmount it.
 
-    Colab uploads Drive writes in the background; only flush_and_unmount waits for them. Returns whether it did.
+    Colab uploads Drive writes in the background; only flush_and_unmount waits for them. It says what it did.
     """
-    if not in_colab() or not (_drive_mount_point() / "MyDrive").exists():
+    if not in_colab() or not (drive_mount_point() / "MyDrive").exists():
         print("Not in Colab with Google Drive mounted: nothing to upload.")
-        return False
+        return
     from google.colab import drive
 
     started = time.perf_counter()
@@ -252,4 +252,3 @@ def finish_drive_uploads() -> bool:
         f"Google Drive has everything this notebook saved ({time.perf_counter() - started:.0f} s to finish the "
         "uploads): you can close this runtime. The next notebook, in its own runtime, will find it."
     )
-    return True

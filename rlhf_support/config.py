@@ -1,5 +1,6 @@
 """Configuration: one dataclass per notebook, every field documented and range-checked, the profiles (full, cpu,
-smoke) as values only, and RLHF_ environment overrides."""
+smoke: their values are in profile_values.py) and RLHF_ environment overrides.
+The tuning runs behind the cpu profile's values: benchmarks/results/tuning_log.md."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError
+from .profile_values import PROFILE_NAMES, PROFILE_OVERRIDES
 
 if typing.TYPE_CHECKING:  # for annotations only: these load when first used
     import pandas as pd
@@ -21,26 +23,39 @@ if typing.TYPE_CHECKING:  # for annotations only: these load when first used
 
 ENV_PREFIX = "RLHF_"
 
-PROFILE_NAMES = ("full", "cpu", "smoke")
-
-# How step (5) of notebook 3 computes the advantages: PPO's GAE with a value head, or a critic-free estimator.
-ADVANTAGE_ESTIMATORS = ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
-GROUP_ESTIMATORS = ("rloo", "grpo", "dr_grpo")  # those that compare the k responses to one prompt
+# How step (5) of notebook 3 computes the advantages (rlhf_utils, "Beyond PPO"): PPO's GAE with a value head, or a
+# critic-free estimator. Each: (whether it compares the k responses to one prompt, a group; how its policy loss
+# averages over tokens, rlhf_utils.aggregate_loss). The one list of their names: the others derive from it.
+ESTIMATORS: dict[str, tuple[bool, str]] = {
+    "gae": (False, "token"),
+    "rloo": (True, "token"),
+    "grpo": (True, "sequence"),
+    "dr_grpo": (True, "constant"),
+    "reinforce_pp": (False, "token"),
+}
+ADVANTAGE_ESTIMATORS = tuple(ESTIMATORS)
+GROUP_ESTIMATORS = tuple(name for name, (group, _) in ESTIMATORS.items() if group)
 
 HUB_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # what the hub accepts as a repo id: "owner/name"
+
+INF = math.inf
+
+
+class Open(float):
+    """An end of a field's bounds that the value may not reach: bounds=(Open(0), 1) accepts 0 < value <= 1."""
 
 
 def param(
     default: Any,
     explanation: str,
-    bounds: str | None = None,
+    bounds: tuple[float, float] | None = None,
     choices: Sequence[str] | None = None,
     nonempty: bool = False,
     training: bool = True,
 ) -> Any:
     """A dataclass field with a default, a one-line explanation (shown by `config_table`) and what values it accepts.
 
-    bounds: an interval such as "(0, 1)" or "[1, inf)" for numbers; choices: the allowed strings;
+    bounds: (lowest, highest) for numbers, each reached unless written Open(x); choices: the allowed strings;
     nonempty: a string that must not be empty. `BaseConfig.__post_init__` checks every field against these.
     training=False: the field does not change what training computes (a folder, a count of iterations, how often to
     log), so a PPO run may resume from a checkpoint written under another value of it.
@@ -68,12 +83,21 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _in_bounds(value: float, bounds: str) -> bool:
-    """Whether `value` lies in an interval written like "(0, 1]" or "[1, inf)"."""
-    low, high = (float(part) for part in bounds[1:-1].split(","))
-    above = value > low if bounds[0] == "(" else value >= low
-    below = value < high if bounds[-1] == ")" else value <= high
-    return above and below
+def in_bounds(value: float, bounds: tuple[float, float]) -> bool:
+    """Whether `value` lies within (low, high); an Open end is excluded."""
+    low, high = bounds
+    return (value > low if isinstance(low, Open) else value >= low) and (
+        value < high if isinstance(high, Open) else value <= high
+    )
+
+
+def interval(bounds: tuple[float, float]) -> str:
+    """Bounds in the usual notation: (Open(0), 1) -> "(0, 1]", (1, INF) -> "[1, inf)"."""
+    low, high = bounds
+    number = lambda x: str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
+    left = "(" if isinstance(low, Open) or low == -INF else "["
+    right = ")" if isinstance(high, Open) or high == INF else "]"
+    return f"{left}{number(low)}, {number(high)}{right}"
 
 
 def validate_field(f: dataclasses.Field, value: Any, kind: type) -> None:
@@ -93,7 +117,10 @@ def validate_field(f: dataclasses.Field, value: Any, kind: type) -> None:
         )
         _check(math.isfinite(value), f"{where}: must be a finite number.{how}")
         if meta["bounds"] is not None:
-            _check(_in_bounds(value, meta["bounds"]), f"{where}: must be in {meta['bounds']} ({meta['help']}).{how}")
+            _check(
+                in_bounds(value, meta["bounds"]),
+                f"{where}: must be in {interval(meta['bounds'])} ({meta['help']}).{how}",
+            )
         return
     _check(isinstance(value, str), f"{where}: must be a string.{how}")
     if meta["nonempty"]:
@@ -139,23 +166,24 @@ class BaseConfig:
     figures_dir: str = param(
         "", "folder where the notebooks also save their key figures as PNG ('' = do not save them)", training=False
     )
-    seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)", bounds="[0, 4294967295]")
+    seed: int = param(0, "seed for Python, NumPy and PyTorch (CPU and CUDA)", bounds=(0, 4294967295))
     device: str = param(
         "auto", "'auto' (CUDA if present, else CPU), 'cuda' or 'cpu'", choices=("auto", "cuda", "cpu"), training=False
     )
     precision: str = param(
         "auto",
-        "'auto' (bf16 on GPUs that have it, fp16 with loss scaling on others such as the T4, fp32 on CPU), 'bf16', 'fp16' or 'fp32'",
+        "'auto' (GPU: bf16 where it has it, else fp16 with loss scaling, as on the T4; CPU: fp32, or bf16 in the cpu "
+        "profile on a CPU with native bf16), 'bf16', 'fp16' or 'fp32'",
         choices=("auto", "bf16", "fp16", "fp32"),
         training=False,
     )
     init_loss_scale: float = param(
         2.0**16,
         "fp16 only: the loss scale at the start (PyTorch's default 2^16); halved, and the step skipped, at each overflow",
-        bounds="[1, 1e30]",
+        bounds=(1, 1e30),
     )
     max_length: int = param(
-        64, "longest training sequence in tokens, EOS included; longer sentences are cut", bounds="[8, 1024]"
+        64, "longest training sequence in tokens, EOS included; longer sentences are cut", bounds=(8, 1024)
     )
     push_to_hub: bool = param(
         False, "also upload the saved model to the Hugging Face hub (needs HF_TOKEN or Colab's secret)", training=False
@@ -177,41 +205,57 @@ class BaseConfig:
         )
 
 
-@dataclass
-class SFTConfig(BaseConfig):
-    """Every hyperparameter of 1-SFT.ipynb."""
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field `name` of config class `cls`, its explanation and accepted values, with another default."""
+    return field(default=default, metadata=cls.__dataclass_fields__[name].metadata)
 
-    batch_size: int = param(32, "sentences per optimisation step", bounds="[1, inf)")
-    learning_rate: float = param(5e-5, "peak AdamW learning rate", bounds="(0, 1)")
+
+@dataclass
+class TrainingConfig(BaseConfig):
+    """Settings SFT and the reward model share: a supervised run over SST-2's sentences (defaults: notebook 1's)."""
+
+    learning_rate: float = param(5e-5, "peak AdamW learning rate", bounds=(Open(0), Open(1)))
     lr_schedule: str = param(
         "cosine", "decay after warmup: 'cosine', 'linear' or 'constant'", choices=("cosine", "linear", "constant")
     )
-    warmup_ratio: float = param(0.03, "share of the steps spent warming the learning rate up from 0", bounds="[0, 1)")
-    num_epochs: float = param(1.0, "passes over the training sentences (fractions allowed)", bounds="(0, 1000]")
+    warmup_ratio: float = param(
+        0.03, "share of the steps spent warming the learning rate up from 0", bounds=(0, Open(1))
+    )
+    num_epochs: float = param(1.0, "passes over the training sentences (fractions allowed)", bounds=(Open(0), 1000))
     weight_decay: float = param(
-        0.01, "AdamW weight decay on matrices (not on biases and LayerNorm gains)", bounds="[0, 1)"
+        0.01, "AdamW weight decay on matrices (not on biases and LayerNorm gains)", bounds=(0, Open(1))
     )
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
-    max_train_samples: int = param(0, "use only this many training sentences (0 = all)", bounds="[0, inf)")
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds=(Open(0), INF))
+    max_train_samples: int = param(0, "use only this many training sentences (0 = all)", bounds=(0, INF))
     eval_sentences: int = param(
-        0, "validation sentences for the validation loss (0 = all); fewer make short checks faster", bounds="[0, inf)"
+        0,
+        "validation sentences scored during and after training (0 = all); fewer make short checks faster",
+        bounds=(0, INF),
     )
-    eval_every: int = param(400, "validate every this many steps", bounds="[1, inf)")
+    eval_every: int = param(400, "validate every this many steps", bounds=(1, INF))
+    save_worse_model: bool = param(
+        False,
+        "save the model even when its validation metric (notebook 1: loss, notebook 2: AUC) ended worse than at the "
+        "start, than its best, or than the model already saved",
+    )
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
+    """Every hyperparameter of 1-SFT.ipynb: TrainingConfig's, and these."""
+
+    batch_size: int = param(32, "sentences per optimisation step", bounds=(1, INF))
     num_eval_generations: int = param(
-        128, "validation prompts sampled to measure how often samples end with EOS", bounds="[1, inf)"
+        128, "validation prompts sampled to measure how often samples end with EOS", bounds=(1, INF)
     )
-    sample_max_new_tokens: int = param(40, "most tokens a sample may add to its prompt", bounds="[1, 1024]")
+    sample_max_new_tokens: int = param(40, "most tokens a sample may add to its prompt", bounds=(1, 1024))
     sample_temperature: float = param(
-        1.0, "sampling temperature for the samples (1.0 = the model's own distribution)", bounds="(0, 100]"
+        1.0, "sampling temperature for the samples (1.0 = the model's own distribution)", bounds=(Open(0), 100)
     )
     sample_prompts: str = param(
         "the film|this movie is|i found the acting|the director|it 's a|the story",
         "fixed prompts sampled before and after training, separated by '|'",
         nonempty=True,
-    )
-    save_worse_model: bool = param(
-        False,
-        "save the model even when its validation loss ended worse than at the start, than its best, or than the model already saved",
     )
 
     def __post_init__(self) -> None:
@@ -220,8 +264,14 @@ class SFTConfig(BaseConfig):
 
 
 @dataclass
-class RMConfig(BaseConfig):
-    """Every hyperparameter of 2-RM Training.ipynb."""
+class RMConfig(TrainingConfig):
+    """Every hyperparameter of 2-RM Training.ipynb: TrainingConfig's (some with other defaults), and these."""
+
+    learning_rate: float = redefault(TrainingConfig, "learning_rate", 3e-5)
+    lr_schedule: str = redefault(TrainingConfig, "lr_schedule", "linear")
+    warmup_ratio: float = redefault(TrainingConfig, "warmup_ratio", 0.05)
+    num_epochs: float = redefault(TrainingConfig, "num_epochs", 2.0)
+    eval_every: int = redefault(TrainingConfig, "eval_every", 500)
 
     loss: str = param(
         "bce",
@@ -229,36 +279,35 @@ class RMConfig(BaseConfig):
         choices=("bce", "pairwise"),
     )
     compare_losses: bool = param(True, "also train a model with the other loss on the same data and steps, and compare")
-    compare_max_steps: int = param(400, "steps for each model of the loss comparison", bounds="[1, inf)")
+    compare_max_steps: int = param(400, "steps for each model of the loss comparison", bounds=(1, INF))
     batch_size: int = param(
-        32, "sentences per step (pairs per step for the pairwise loss: batch_size / 2)", bounds="[2, inf)"
+        32, "sentences per step (pairs per step for the pairwise loss: batch_size / 2)", bounds=(2, INF)
     )
-    learning_rate: float = param(3e-5, "peak AdamW learning rate", bounds="(0, 1)")
-    lr_schedule: str = param(
-        "linear", "decay after warmup: 'cosine', 'linear' or 'constant'", choices=("cosine", "linear", "constant")
-    )
-    warmup_ratio: float = param(0.05, "share of the steps spent warming the learning rate up from 0", bounds="[0, 1)")
-    num_epochs: float = param(2.0, "passes over the training sentences (fractions allowed)", bounds="(0, 1000]")
-    weight_decay: float = param(0.01, "AdamW weight decay on matrices", bounds="[0, 1)")
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
-    max_train_samples: int = param(0, "use only this many training sentences (0 = all)", bounds="[0, inf)")
-    eval_sentences: int = param(
-        0,
-        "validation sentences scored during and after training (0 = all); fewer make short checks faster",
-        bounds="[0, inf)",
-    )
-    eval_every: int = param(500, "validate every this many steps", bounds="[1, inf)")
     prefix_lengths: str = param(
         "2|4|8|16", "prefix lengths in tokens for the truncated-sentence accuracy, separated by '|'", nonempty=True
     )
     norm_samples: int = param(
         4000,
         "training sentences scored to record the score's mean and standard deviation (saved for notebook 3)",
-        bounds="[2, inf)",
+        bounds=(2, INF),
     )
-    save_worse_model: bool = param(
-        False,
-        "save the model even when its validation AUC ended worse than at the start, than its best, or than the model already saved",
+    label_pairs: int = param(
+        120, "section 10: pairs of the SFT model's responses you can label", bounds=(4, INF), training=False
+    )
+    simulated_pairs: int = param(
+        1200,
+        "section 10: more pairs, labelled by the simulated labeller, for the learning curve",
+        bounds=(310, INF),
+        training=False,
+    )
+    simulated_flip: float = param(
+        0.2,
+        "section 10: the share of the simulated labeller's choices flipped at random (a person's noise)",
+        bounds=(0, 0.5),
+        training=False,
+    )
+    label_response_length: int = param(
+        24, "section 10: most tokens of each response you compare", bounds=(1, 1024), training=False
     )
 
     def __post_init__(self) -> None:
@@ -291,8 +340,7 @@ class PPOConfig(BaseConfig):
     )
     checkpoint_dir: str = param(
         "{output_dir}/ppo_checkpoint",
-        "where training checkpoints are written (and resumed from)",
-        nonempty=True,
+        "where training checkpoints are written (and resumed from); '' writes none",
         training=False,
     )
     require_cuda: bool = param(
@@ -301,47 +349,45 @@ class PPOConfig(BaseConfig):
         training=False,
     )
     num_iterations: int = param(
-        100, "PPO iterations: each samples a batch of episodes and optimises on it", bounds="[1, inf)", training=False
+        100, "PPO iterations: each samples a batch of episodes and optimises on it", bounds=(1, INF), training=False
     )
-    batch_size: int = param(256, "episodes (prompt + response) sampled per iteration", bounds="[2, inf)")
+    batch_size: int = param(256, "episodes (prompt + response) sampled per iteration", bounds=(2, INF))
     minibatch_size: int = param(
-        64, "episodes per gradient step; also the chunk size of the no-gradient passes over a batch", bounds="[1, inf)"
+        64, "episodes per gradient step; also the chunk size of the no-gradient passes over a batch", bounds=(1, INF)
     )
-    ppo_epochs: int = param(4, "passes over each batch of episodes", bounds="[1, 100]")
-    prompt_min_tokens: int = param(2, "shortest prompt, in tokens", bounds="[1, 1024]")
-    prompt_max_tokens: int = param(8, "longest prompt, in tokens", bounds="[1, 1024]")
-    response_length: int = param(
-        24, "most tokens the policy may add; a response ends earlier at EOS", bounds="[1, 1024]"
+    ppo_epochs: int = param(4, "passes over each batch of episodes", bounds=(1, 100))
+    prompt_min_words: int = param(2, "shortest prompt: the first this many words of a sentence", bounds=(1, 64))
+    prompt_max_words: int = param(
+        8, "longest prompt, in words (whole words: a prompt never ends inside a word)", bounds=(1, 64)
     )
+    response_length: int = param(24, "most tokens the policy may add; a response ends earlier at EOS", bounds=(1, 1024))
     temperature: float = param(
-        1.0, "sampling temperature, also used for the log-probs PPO optimises", bounds="(0, 100]"
+        1.0, "sampling temperature, also used for the log-probs PPO optimises", bounds=(Open(0), 100)
     )
-    learning_rate: float = param(1.4e-5, "AdamW learning rate of policy and value head", bounds="(0, 1)")
-    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds="(0, inf)")
-    gamma: float = param(
-        1.0, "discount factor of GAE (1.0: a sentence is short, nothing is discounted)", bounds="[0, 1]"
-    )
-    lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo", bounds="[0, 1]")
+    learning_rate: float = param(1.4e-5, "AdamW learning rate of policy and value head", bounds=(Open(0), Open(1)))
+    max_grad_norm: float = param(1.0, "gradients are clipped to this global L2 norm", bounds=(Open(0), INF))
+    gamma: float = param(1.0, "discount factor of GAE (1.0: a sentence is short, nothing is discounted)", bounds=(0, 1))
+    lam: float = param(0.95, "lambda of GAE: 0 = one-step TD, 1 = Monte Carlo", bounds=(0, 1))
     clip_range: float = param(
         0.2,
         "epsilon of the clipped policy loss: the ratio may move 1 +- epsilon (a large value, e.g. 10, turns the clip off)",
-        bounds="(0, 100]",
+        bounds=(Open(0), 100),
     )
     clip_range_value: float = param(
-        0.2, "the value may move this much from its old value before the loss is clipped", bounds="(0, inf)"
+        0.2, "the value may move this much from its old value before the loss is clipped", bounds=(Open(0), INF)
     )
     vf_coef: float = param(
-        0.1, "weight of the value loss in the total loss (the value head shares the policy's trunk)", bounds="[0, inf)"
+        0.1, "weight of the value loss in the total loss (the value head shares the policy's trunk)", bounds=(0, INF)
     )
-    init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start", bounds="[0, 100]")
+    init_kl_coef: float = param(0.05, "beta: weight of the per-token KL penalty at the start", bounds=(0, 100))
     adaptive_kl: bool = param(True, "adapt beta towards kl_target (Ziegler et al. 2019) or keep it fixed")
     kl_target: float = param(
-        6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for", bounds="(0, inf)"
+        6.0, "KL to the reference, in nats per sequence, that the adaptive controller aims for", bounds=(Open(0), INF)
     )
     kl_horizon: int = param(
         2560,
         "episodes over which the adaptive controller can move beta by about 22% (e^0.2); 2560 = 10 iterations of 256",
-        bounds="[1, inf)",
+        bounds=(1, INF),
     )
     advantage_estimator: str = param(
         "gae",
@@ -352,44 +398,74 @@ class PPOConfig(BaseConfig):
     samples_per_prompt: int = param(
         1,
         "responses sampled per prompt, k (a group); rloo, grpo and dr_grpo need k >= 2; batch_size must be a multiple of k",
-        bounds="[1, inf)",
+        bounds=(1, INF),
     )
+    section8_iterations: int = param(
+        20,
+        "iterations of section 8's short run of the loop with advantage_estimator='grpo' (0 = skip it)",
+        bounds=(0, INF),
+        training=False,
+    )
+    dpo_beta: float = param(
+        0.1,
+        "DPO's beta: how far the implicit reward beta log(pi / pi_ref) may pull from the reference",
+        bounds=(Open(0), 100),
+    )
+    dpo_learning_rate: float = param(5e-6, "AdamW learning rate of section 8's DPO", bounds=(Open(0), Open(1)))
+    dpo_pairs: int = param(
+        2048,
+        "preference pairs section 8's DPO trains on (two sampled responses each), over all its rounds; 0 = no DPO",
+        bounds=(0, INF),
+    )
+    dpo_rounds: int = param(
+        1,
+        "rounds of DPO: 1 = offline (pairs sampled once, from the SFT model); more = online (fresh pairs from the "
+        "current policy each round)",
+        bounds=(1, INF),
+    )
+    dpo_epochs: int = param(2, "passes over each round's pairs", bounds=(1, 100))
+    dpo_batch_size: int = param(32, "pairs per DPO step", bounds=(1, INF))
     whiten_advantages: bool = param(
         True, "normalise GAE's advantages to mean 0, std 1 over each batch (the other estimators scale their own)"
     )
     normalize_scores: bool = param(True, "use (score - mean) / std with the statistics saved beside the reward model")
     missing_eos_penalty: float = param(
-        1.0, "subtracted from the (normalised) score of a response that did not end with EOS", bounds="[0, 100]"
+        1.0, "subtracted from the (normalised) score of a response that did not end with EOS", bounds=(0, 100)
     )
     eval_prompts: int = param(
-        256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)", bounds="[0, inf)", training=False
+        256, "held-out validation prompts for the SFT-vs-PPO evaluation (0 = all)", bounds=(0, INF), training=False
     )
     eval_every: int = param(
         10,
         "evaluate the policy on the curve_prompts every this many iterations (the over-optimisation curve)",
-        bounds="[1, inf)",
+        bounds=(1, INF),
         training=False,
     )
     curve_prompts: int = param(
         128,
         "held-out prompts of that periodic evaluation (the first of the evaluation prompts; 0 = no curve)",
-        bounds="[0, inf)",
+        bounds=(0, INF),
         training=False,
     )
-    samples_every: int = param(10, "show a sample table every this many iterations", bounds="[1, inf)", training=False)
+    samples_every: int = param(10, "show a sample table every this many iterations", bounds=(1, INF), training=False)
     checkpoint_every: int = param(
         0,
         "write a checkpoint every this many iterations (0: by time alone, checkpoint_minutes)",
-        bounds="[0, inf)",
+        bounds=(0, INF),
         training=False,
     )
     checkpoint_minutes: float = param(
         10.0,
         "also write one when this many minutes have passed since the last (0: off): what a recycled Colab runtime can lose at most",
-        bounds="[0, inf)",
+        bounds=(0, INF),
         training=False,
     )
     resume: bool = param(True, "continue from checkpoint_dir when it holds a checkpoint", training=False)
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether step (5) uses the value head (PPO's GAE) and step (6) trains it; section 8's estimators do not."""
+        return self.advantage_estimator == "gae"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -407,112 +483,19 @@ class PPOConfig(BaseConfig):
             f"samples_per_prompt to 2 or more (e.g. 4).",
         )
         _check(
-            self.prompt_min_tokens <= self.prompt_max_tokens,
-            f"prompt_min_tokens={self.prompt_min_tokens} is above prompt_max_tokens={self.prompt_max_tokens}.",
+            self.dpo_pairs == 0 or self.dpo_pairs >= self.dpo_rounds,
+            f"dpo_pairs={self.dpo_pairs} must be at least dpo_rounds={self.dpo_rounds} (a pair or more per round).",
         )
         _check(
-            self.prompt_max_tokens + self.response_length <= 1024,
-            f"prompt_max_tokens + response_length = {self.prompt_max_tokens + self.response_length}: GPT-2 knows 1024 positions.",
+            self.prompt_min_words <= self.prompt_max_words,
+            f"prompt_min_words={self.prompt_min_words} is above prompt_max_words={self.prompt_max_words}.",
         )
 
-
-# What each profile changes. Only values: every profile runs the same lines of code.
-PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
-    "smoke": {
-        "*": dict(
-            output_dir="outputs/smoke",
-            model_name="{output_dir}/base_model",
-            dataset_name="{output_dir}/data/sst2",
-            max_length=32,
-        ),
-        "SFTConfig": dict(
-            batch_size=32,
-            learning_rate=3e-3,
-            warmup_ratio=0.05,
-            num_epochs=4.0,
-            max_train_samples=0,
-            eval_every=50,
-            num_eval_generations=32,
-            sample_max_new_tokens=16,
-        ),
-        "RMConfig": dict(
-            batch_size=32,
-            learning_rate=2e-3,
-            num_epochs=2.0,
-            max_train_samples=0,
-            compare_max_steps=60,
-            eval_every=25,
-            norm_samples=400,
-            prefix_lengths="2|4|8",
-        ),
-        "PPOConfig": dict(
-            require_cuda=False,
-            num_iterations=30,
-            batch_size=64,
-            minibatch_size=16,
-            ppo_epochs=4,
-            response_length=12,
-            learning_rate=1e-3,
-            kl_horizon=1000,
-            eval_prompts=128,
-            samples_every=10,
-            checkpoint_every=10,
-        ),
-    },
-    "cpu": {
-        "*": dict(
-            output_dir="outputs/cpu",
-            model_name="{output_dir}/base_model",
-            precision="auto",
-            figures_dir="images/cpu_profile",
-        ),
-        "SFTConfig": dict(
-            batch_size=64,
-            learning_rate=2e-3,
-            warmup_ratio=0.02,
-            num_epochs=1.0,
-            eval_every=200,
-            num_eval_generations=128,
-        ),
-        # The reward model's trunk starts from the random base model: a 1.3M-parameter SFT model that read SST-2 once
-        # gave it nothing to reuse (validation accuracy from the SFT trunk 79.1 / 78.9 %, from the base model
-        # 80.7 / 81.4 %, seeds 0 / 1 in the tuning runs). The full profile keeps the usual start, pretrained GPT-2.
-        "RMConfig": dict(
-            batch_size=64,
-            learning_rate=1e-3,
-            lr_schedule="cosine",
-            warmup_ratio=0.1,
-            num_epochs=1.0,
-            compare_max_steps=150,
-            eval_every=200,
-            norm_samples=2000,
-        ),
-        # A fixed KL coefficient of 0.12 (smaller ones traded the judge's share and distinct-2 for the reward model's
-        # share: README, reward hacking). Learning rate 1.5e-4, from the tuning runs judged by VADER on the 871
-        # held-out prompts (SFT 38.2 % positive): 120 iterations at 2e-4 reached 82.0 % but KL 7.3 and distinct-2
-        # 0.73; 90 at 2e-4, 83.8 % with distinct-2 0.73; 75 at 2e-4, 73.2 %; 120 at 1.5e-4, 75.7 %, KL 4.7, 0.83.
-        # The curve levels off after ~60 iterations at this rate while the reward model's share keeps rising.
-        "PPOConfig": dict(
-            require_cuda=False,
-            num_iterations=120,
-            batch_size=128,
-            minibatch_size=32,
-            response_length=24,
-            learning_rate=1.5e-4,
-            init_kl_coef=0.12,
-            adaptive_kl=False,
-            vf_coef=1.0,
-            eval_prompts=0,
-            samples_every=30,
-            checkpoint_every=30,
-        ),
-    },
-}
 
 ALL_CONFIGS: tuple[type, ...] = (SFTConfig, RMConfig, PPOConfig)
 
 COLAB_SETTINGS = {"REPO_URL", "DRIVE_MOUNT", "DRIVE_FOLDER", "SKIP_INSTALL"}  # RLHF_ variables of the setup cell
-RESERVED_ENV = {"PROFILE", "SMOKE"} | COLAB_SETTINGS
+RESERVED_ENV = {"PROFILE"} | COLAB_SETTINGS
 
 ENV_ALIASES = {"model": "model_name", "dataset": "dataset_name"}  # RLHF_MODEL, RLHF_DATASET
 
@@ -543,12 +526,8 @@ def _parse_env_value(name: str, raw: str, annotation: Any) -> Any:
 
 
 def selected_profile(environ: Mapping[str, str] = os.environ) -> str:
-    """The profile the environment asks for: RLHF_PROFILE, or 'smoke' when RLHF_SMOKE=1, else 'full'."""
-    profile = environ.get(ENV_PREFIX + "PROFILE", "").strip().lower()
-    smoke = environ.get(ENV_PREFIX + "SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
-    if profile and smoke and profile != "smoke":
-        raise ConfigError(f"RLHF_SMOKE=1 and RLHF_PROFILE={profile} disagree: set only one of them.")
-    profile = profile or ("smoke" if smoke else "full")
+    """The profile the environment asks for: RLHF_PROFILE, else 'full'."""
+    profile = environ.get(ENV_PREFIX + "PROFILE", "").strip().lower() or "full"
     if profile not in PROFILE_NAMES:
         raise ConfigError(f"RLHF_PROFILE={profile!r}: choose one of {PROFILE_NAMES}.")
     return profile
@@ -577,6 +556,8 @@ def make_config(cls: type, environ: Mapping[str, str] = os.environ, **edits: Any
         if name not in series_fields:
             close = difflib.get_close_matches(name, sorted(series_fields), n=3)
             hint = f" Did you mean {', '.join(ENV_PREFIX + c.upper() for c in close)}?" if close else ""
+            if name in PROFILE_NAMES:  # e.g. RLHF_SMOKE=1
+                hint = f" A profile is picked by {ENV_PREFIX}PROFILE={name}."
             raise ConfigError(
                 f"{key} is not a setting of this series.{hint} Unset it, or see the "
                 f"Configuration cell for the names (RLHF_ + field name in capitals)."

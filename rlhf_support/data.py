@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import DatasetSchemaError
 from .hub import _hub_error, hub_online, looks_like_local_path
+from .reporting import library_bars_off
 
 if typing.TYPE_CHECKING:  # for annotations only: these load when first used
     import datasets
@@ -73,7 +74,8 @@ def load_sst2(name_or_path: str, require_label: bool = True) -> datasets.Dataset
         if len(kinds) > 1:
             raise DatasetSchemaError(f"{path}: train and validation must have the same format, found {sorted(kinds)}.")
         try:
-            dataset = datasets.load_dataset(kinds.pop(), data_files=data_files)
+            with library_bars_off():  # a local file reads in a second: no bar to leave behind
+                dataset = datasets.load_dataset(kinds.pop(), data_files=data_files)
         except Exception as error:  # DatasetGenerationError and friends: name the files and the cause
             if not type(error).__name__.endswith("GenerationError"):
                 raise

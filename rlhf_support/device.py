@@ -85,7 +85,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(device: torch.device, name: str = "auto", profile: str = "full") -> Precision:
-    """Pick the precision: bf16 on Ampere or newer, fp16 + loss scaling on older GPUs (T4), fp32 on CPU.
+    """Pick the precision: bf16 on Ampere or newer, fp16 + loss scaling on older GPUs (T4), fp32 on CPU (see below).
 
     The 'cpu' profile uses bf16 autocast on CPUs with native bf16 (measured faster there). fp16 is also
     accepted on a CPU when asked for by name, so that its loss-scaling path can be tested without a GPU.

@@ -1,5 +1,5 @@
-"""Guards against failed runs: a non-finite loss stops training; a run that ended worse than it started is not
-saved over a better model."""
+"""Guards against failed runs: a non-finite loss stops training (an fp16 step whose gradients overflowed is counted
+and skipped, `grad_norm_metrics`); a run that ended worse than it started is not saved over a better model."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .checkpoints import verify_checkpoint
 from .errors import CheckpointError, RLHFError, TrainingDivergedError
@@ -22,6 +24,26 @@ def stop_if_diverged(what: str, step: int, **values: float) -> None:
                 f"{what}: {name} became {value} at iteration/step {step}. Training stopped; the last good "
                 "checkpoint is untouched. Lower the learning rate, or try precision='fp32'."
             )
+
+
+def grad_norm_metrics(
+    grad_norms: torch.Tensor, scaler: torch.amp.GradScaler, prefix: str, step: int = 0
+) -> dict[str, float]:
+    """Metrics of one or more optimizer steps' gradient norms (as `optimizer_step` returns them).
+
+    With fp16 loss scaling, a step whose gradients overflowed reports an infinite norm and was skipped: it
+    is counted in {prefix}/skipped_steps and left out of the mean {prefix}/grad_norm, so the history holds no
+    inf. Without a scaler nothing skips an infinite gradient, so it stops training (TrainingDivergedError).
+    """
+    norms = grad_norms.detach().float().flatten()  # one per optimizer step
+    taken = torch.isfinite(norms)
+    skipped = int((~taken).sum())
+    if skipped and not scaler.is_enabled():
+        stop_if_diverged(prefix, step, grad_norm=float(norms[~taken][0]))
+    metrics = {f"{prefix}/skipped_steps": float(skipped)}
+    if skipped < len(norms):
+        metrics[f"{prefix}/grad_norm"] = float(norms[taken].mean())
+    return metrics
 
 
 def data_fingerprint(rows: Sequence[Sequence[int]]) -> str:

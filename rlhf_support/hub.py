@@ -60,7 +60,7 @@ def _hub_error(what: str, name: str, error: Exception) -> HubUnavailableError:
     return HubUnavailableError(
         f"Could not load {what} {name!r} from the Hugging Face hub ({type(error).__name__}). "
         "Check the internet connection (in Colab: Runtime > Restart), or run offline: "
-        "RLHF_SMOKE=1 for the tiny built-in profile, or point RLHF_MODEL / RLHF_DATASET "
+        "RLHF_PROFILE=smoke for the tiny built-in profile, or point RLHF_MODEL / RLHF_DATASET "
         "at local copies (a folder saved with save_pretrained; a folder with train/validation files)."
     )
 

@@ -16,7 +16,7 @@ from .data import load_sst2
 
 BASE_MODEL_SIZES: dict[str, dict[str, int]] = {
     "smoke": dict(vocab_size=1024, n_positions=64, n_embd=64, n_layer=2, n_head=2),
-    "cpu": dict(vocab_size=4096, n_positions=64, n_embd=128, n_layer=4, n_head=4),
+    "cpu": dict(vocab_size=24576, n_positions=64, n_embd=128, n_layer=4, n_head=4),
 }
 
 SMOKE_DATA_SIZES = dict(n_train=2000, n_validation=200)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,25 @@ def progress(iterable: Any = None, max_refreshes: int = 200, **kwargs: Any) -> t
     return _BoundedProgress(
         iterable, dynamic_ncols=True, mininterval=0.5 if total else 2.0, miniters=miniters, **kwargs
     )
+
+
+@contextlib.contextmanager
+def library_bars_off() -> Iterator[None]:
+    """The Hugging Face libraries' own progress bars off, for work of a second or two (reading a local dataset, writing
+    a model's one shard): in a saved notebook each would leave a bar frozen at its first state. Restored afterwards."""
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    datasets_on, transformers_on = datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if datasets_on:
+            datasets.enable_progress_bars()
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
 
 
 def show_source(obj: Any) -> None:

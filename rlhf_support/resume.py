@@ -18,14 +18,13 @@ import torch
 import torch.nn as nn
 
 from .checkpoints import MANIFEST, atomic_directory, recover_checkpoint, verify_checkpoint
-from .colab import _drive_mount_point, in_colab
+from .colab import drive_mount_point, in_colab
 from .config import ENV_PREFIX, HUB_REPO_ID, PPOConfig, bookkeeping_fields
 from .errors import CheckpointError, HubUnavailableError
 from .hub import looks_like_local_path
 from .reporting import History
 
 
-# Where each input of 3-RLHF.ipynb comes from: its setting -> (what, the notebook that writes it, an example hub id)
 class KLController(typing.Protocol):
     """What a checkpoint keeps of the KL coefficient's controller (rlhf_utils.AdaptiveKLController and its fixed twin)."""
 
@@ -36,6 +35,7 @@ class KLController(typing.Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
+# Where each input of 3-RLHF.ipynb comes from: its setting -> (what, the notebook that writes it, an example hub id)
 PPO_INPUTS = {
     "sft_model_dir": ("SFT model", "1-SFT.ipynb", "your-name/gpt2-sst2-sft"),
     "reward_model_dir": ("reward model", "2-RM Training.ipynb", "your-name/gpt2-sst2-reward"),
@@ -226,9 +226,11 @@ def ppo_write_plan(cfg: PPOConfig, minutes: Sequence[float] = (20, 30, 40)) -> s
     gb = lambda n: f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
     where = (
         " (on Google Drive)"
-        if in_colab() and Path(cfg.output_dir).resolve().is_relative_to(_drive_mount_point().resolve())
+        if in_colab() and Path(cfg.output_dir).resolve().is_relative_to(drive_mount_point().resolve())
         else ""
     )
+    if not cfg.checkpoint_dir:
+        return f"PPO writes no checkpoint (checkpoint_dir is ''), then the policy, {gb(policy)}, to {cfg.policy_dir}."
     when = [f"every {cfg.checkpoint_every} iterations"] if cfg.checkpoint_every else []
     when += [f"every {cfg.checkpoint_minutes:g} minutes of PPO"] if cfg.checkpoint_minutes else []
     lines = [
@@ -293,6 +295,9 @@ def resume_or_start(
     Prints which, and why. Starting over writes iteration 0 as a checkpoint first, so that an interrupted
     run always restarts from a saved state. Returns (iterations done, metric history).
     """
+    if not cfg.checkpoint_dir:
+        print("checkpoint_dir is '': this run writes no checkpoint and starts from the SFT model.")
+        return 0, History()
     resumable, why = (
         can_resume(cfg.checkpoint_dir, signature)
         if cfg.resume

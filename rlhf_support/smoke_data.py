@@ -1,8 +1,8 @@
 """smoke_data.py: the offline data of the smoke profile, a template grammar of SST-2-style sentences.
 
-Not part of the lessons: the smoke profile (RLHF_SMOKE=1) trains on these sentences so that CI, and anyone
+Not part of the lessons: the smoke profile (RLHF_PROFILE=smoke) trains on these sentences so that CI, and anyone
 without the Hugging Face hub, can run every cell of the series in seconds. `make_smoke_sst2` returns rows
-shaped like GLUE SST-2's; `rlhf_utils.build_smoke_dataset` writes them where the smoke profile reads its data.
+shaped like GLUE SST-2's; `profiles.build_smoke_dataset` writes them where the smoke profile reads its data.
 
 Each template is filled in for a chosen label, so every label is right by construction; about 10% of the
 sentences turn on a final 'but' clause and 10% on a negation, so sentiment is not a one-word lookup.

@@ -1,6 +1,6 @@
 """Shared fixtures: a tiny offline GPT-2 and the smoke data, built once per test session in a temp folder.
 
-Nothing here touches outputs/ or the real SST-2: every asset is built by rlhf_utils itself.
+Nothing here touches outputs/ or the real SST-2: every asset is built offline by rlhf_support.profiles.
 """
 
 import contextlib
@@ -125,8 +125,8 @@ torch.set_num_threads(1)
 
 @pytest.fixture
 def no_rlhf_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unset every RLHF_ variable for the test (e.g. CI's RLHF_SMOKE=1, which would contradict RLHF_PROFILE=cpu),
-    so a test that runs notebooks sets exactly the settings it means (with the same monkeypatch)."""
+    """Unset every RLHF_ variable for the test (e.g. CI's RLHF_PROFILE=smoke), so a test that runs notebooks sets
+    exactly the settings it means (with the same monkeypatch)."""
     for name in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
         monkeypatch.delenv(name)
 

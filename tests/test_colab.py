@@ -243,6 +243,28 @@ def test_the_colab_environment_has_colab_versions(tmp_path):
     assert [Requirement(r).name for r in plan] == ["vaderSentiment"], plan
 
 
+@pytest.mark.skipif(
+    not WITH_COLAB_VERSIONS, reason="TEST_COLAB_VERSIONS=1 builds Colab's environment (.ci/run sets it)"
+)
+def test_the_labelling_buttons_work_on_colabs_ipywidgets(tmp_path):
+    """Notebook 2's labelling widget, clicked programmatically on Colab's ipywidgets (7.7.1, where this machine has
+    8.x): tests/test_labelling.py run in a fresh Colab runtime, with pytest added to that runtime only."""
+    python = fresh_colab_python(tmp_path / "runtime")
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "pytest"], check=True)
+    widgets = subprocess.run(
+        [str(python), "-c", "import ipywidgets; print(ipywidgets.__version__)"], capture_output=True, text=True
+    )
+    assert widgets.stdout.strip() == pinned_versions()["ipywidgets"], widgets.stdout + widgets.stderr
+    done = subprocess.run(
+        [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_labelling.py")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert " passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-500:]
+
+
 # ---------------------------------------------------------------------------
 # The three notebooks in three runtimes, sharing only Google Drive; a runtime recycled in the middle of PPO
 
@@ -383,7 +405,7 @@ def final_figures(outputs: Path) -> tuple[dict, list]:
 def test_the_series_in_colab_runtimes_shares_drive_and_resumes_after_a_recycle_mid_ppo(tmp_path, monkeypatch):
     for name, value in {
         "RLHF_REPO_URL": str(local_repository(tmp_path)),
-        "RLHF_SMOKE": "1",
+        "RLHF_PROFILE": "smoke",
         "HF_HUB_OFFLINE": "1",
         "MPLBACKEND": "Agg",
         "STANDIN_SECRET_HF_TOKEN": FAKE_TOKEN,
@@ -476,12 +498,13 @@ def test_the_last_cell_waits_for_drive_then_says_the_runtime_can_be_closed(tmp_p
     monkeypatch.syspath_prepend(str(STANDIN))
     monkeypatch.setenv("STANDIN_DRIVE", str(tmp_path / "google-drive"))
     monkeypatch.setenv("RLHF_DRIVE_MOUNT", str(tmp_path / "content" / "drive"))
-    assert ru.finish_drive_uploads() is False  # not in Colab (google.colab not imported): nothing to wait for
+    assert ru.finish_drive_uploads() is None  # the last cell shows what it printed, and no value after it
+    assert "nothing to upload" in capsys.readouterr().out  # not in Colab (google.colab not imported)
     import google.colab  # noqa: F401  (what Colab's kernel imports at start)
 
     (tmp_path / "content" / "clone").mkdir(parents=True)
     ru.keep_outputs_on_drive(True, tmp_path / "content" / "clone" / "outputs")
-    assert ru.finish_drive_uploads() is True
+    ru.finish_drive_uploads()
     said = capsys.readouterr().out
     assert "should now be visible in Drive" in said and "you can close this runtime" in said
     assert not (tmp_path / "content" / "drive").exists()  # unmounted

@@ -18,7 +18,7 @@ import torch
 
 import rlhf_utils as ru
 from rlhf_support import device
-from rlhf_support.config import ALL_CONFIGS, PROFILE_NAMES, PROFILE_OVERRIDES, selected_profile
+from rlhf_support.config import ALL_CONFIGS, PROFILE_NAMES, PROFILE_OVERRIDES, Open, interval, selected_profile
 from rlhf_support.device import cpu_supports_bf16
 from rlhf_support.errors import ConfigError
 from rlhf_support.profiles import BASE_MODEL_SIZES
@@ -42,10 +42,7 @@ def test_cpu_profile_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sft.figures_dir == "images/cpu_profile" and not ru.make_config(ru.SFTConfig, {}).figures_dir
     assert not ppo.require_cuda
     sizes = BASE_MODEL_SIZES["cpu"]
-    assert (sizes["n_layer"], sizes["n_embd"], sizes["n_positions"], sizes["vocab_size"]) == (4, 128, 64, 4096)
-    assert ru.make_config(ru.SFTConfig, {"RLHF_SMOKE": "1"}).profile == "smoke"  # the smoke switch still works
-    with pytest.raises(ConfigError):
-        ru.make_config(ru.SFTConfig, {"RLHF_SMOKE": "1", "RLHF_PROFILE": "cpu"})
+    assert (sizes["n_layer"], sizes["n_embd"], sizes["n_positions"], sizes["vocab_size"]) == (4, 128, 64, 24576)
 
 
 def test_cpu_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,27 +68,25 @@ def test_figures_dir_does_not_block_resuming() -> None:
     "environ,expected",
     [
         ({}, "full"),
-        ({"RLHF_SMOKE": "1"}, "smoke"),
-        ({"RLHF_SMOKE": "true"}, "smoke"),
-        ({"RLHF_SMOKE": "0"}, "full"),
+        ({"RLHF_PROFILE": ""}, "full"),
         ({"RLHF_PROFILE": "cpu"}, "cpu"),
         ({"RLHF_PROFILE": " Smoke "}, "smoke"),
         ({"RLHF_PROFILE": "full"}, "full"),
-        ({"RLHF_PROFILE": "smoke", "RLHF_SMOKE": "1"}, "smoke"),  # they agree
-        ({"RLHF_PROFILE": "cpu", "RLHF_SMOKE": "0"}, "cpu"),
+        ({"RLHF_PROFILE": "smoke", "RLHF_OUTPUT_DIR": "elsewhere"}, "smoke"),
+        ({"RLHF_PROFILE": "CPU"}, "cpu"),
+        ({"RLHF_PROFILE": "smoke"}, "smoke"),
+        ({"RLHF_PROFILE": " full\n"}, "full"),
     ],
 )
 def test_selected_profile(environ, expected):
     assert selected_profile(environ) == expected
 
 
-def test_conflicting_or_unknown_profile_is_refused():
-    with pytest.raises(ConfigError, match="RLHF_SMOKE=1 and RLHF_PROFILE=cpu"):
-        selected_profile({"RLHF_SMOKE": "1", "RLHF_PROFILE": "cpu"})
+def test_an_unknown_profile_or_another_way_to_pick_one_is_refused():
     with pytest.raises(ConfigError, match="tiny"):
         selected_profile({"RLHF_PROFILE": "tiny"})
-    with pytest.raises(ConfigError):
-        ru.make_config(ru.SFTConfig, environ={"RLHF_SMOKE": "1", "RLHF_PROFILE": "full"})
+    with pytest.raises(ConfigError, match="RLHF_SMOKE is not a setting.*RLHF_PROFILE=smoke"):  # one way: RLHF_PROFILE
+        ru.make_config(ru.SFTConfig, environ={"RLHF_SMOKE": "1"})
 
 
 @pytest.mark.parametrize("cls", ALL_CONFIGS)
@@ -236,11 +231,11 @@ def test_output_dir_templating():
         "/tmp/run7/ppo_policy",
         "/tmp/run7/ppo_checkpoint",
     )
-    smoke = ru.make_config(ru.PPOConfig, environ={"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": "runs/a"})
+    smoke = ru.make_config(ru.PPOConfig, environ={"RLHF_PROFILE": "smoke", "RLHF_OUTPUT_DIR": "runs/a"})
     assert smoke.model_name == "runs/a/base_model" and smoke.dataset_name == "runs/a/data/sst2"
     assert smoke.sft_model_dir == "runs/a/sft_model"
     assert ru.make_config(ru.PPOConfig, environ={}, output_dir="o2").policy_dir == "o2/ppo_policy"
-    default = ru.make_config(ru.PPOConfig, environ={"RLHF_SMOKE": "1"})
+    default = ru.make_config(ru.PPOConfig, environ={"RLHF_PROFILE": "smoke"})
     assert default.checkpoint_dir == "outputs/smoke/ppo_checkpoint"
     # a templated value given explicitly follows the output folder too
     own = ru.make_config(ru.PPOConfig, environ={"RLHF_OUTPUT_DIR": "x", "RLHF_POLICY_DIR": "{output_dir}/mine"})
@@ -289,16 +284,25 @@ def test_importing_the_series_probes_nothing_and_changes_no_environment_variable
 # Every field refuses bad values and echoes them
 
 
+def test_bounds_are_values_shown_as_intervals():
+    assert interval((Open(0), 1)) == "(0, 1]" and interval((1, math.inf)) == "[1, inf)"
+    assert interval((0, Open(1))) == "[0, 1)" and interval((0, 4294967295)) == "[0, 4294967295]"
+    learning_rate = {f.name: f for f in dataclasses.fields(ru.SFTConfig)}["learning_rate"].metadata["bounds"]
+    assert learning_rate == (0, 1) and all(isinstance(end, Open) for end in learning_rate)  # 0 < lr < 1
+    with pytest.raises(ConfigError, match=r"learning_rate=1: must be in \(0, 1\)"):
+        ru.make_config(ru.SFTConfig, {}, learning_rate=1)
+
+
 def bad_values(f: dataclasses.Field, kind: type) -> list:
     """Values field `f` must refuse, from what it declares it accepts."""
     meta = f.metadata
     if kind is bool:
         return ["yes"]
     if kind in (int, float):
-        low, high = (float(x) for x in meta["bounds"][1:-1].split(","))
+        low, high = meta["bounds"]
         values = [math.nan, math.inf, "3"] + ([0.5] if kind is int else [])
-        values += [low if meta["bounds"][0] == "(" else low - 1] if math.isfinite(low) else []
-        values += [high if meta["bounds"][-1] == ")" else high + max(1.0, high)] if math.isfinite(high) else []
+        values += [float(low) if isinstance(low, Open) else low - 1] if math.isfinite(low) else []
+        values += [float(high) if isinstance(high, Open) else high + max(1.0, high)] if math.isfinite(high) else []
         return [
             kind(v) if isinstance(v, float) and kind is int and math.isfinite(v) and v.is_integer() else v
             for v in values
@@ -312,6 +316,7 @@ def bad_values(f: dataclasses.Field, kind: type) -> list:
 
 FREE_TEXT = {
     "figures_dir": "'' turns saving off; any other folder is checked by make_output_folders",
+    "checkpoint_dir": "'' writes no checkpoint (section 8's short run); any other folder is checked by make_output_folders",
     "hub_repo_id": "checked by BaseConfig: empty, or the form owner/name",
 }
 

@@ -201,16 +201,21 @@ def test_length_grouped_batches(tokenizer, smoke_rows, drop_last):
     assert other != batches
 
 
-def test_make_prompts(tokenizer, smoke_rows):
+def test_make_prompts_are_whole_words(tokenizer, smoke_rows):
     sentences = [r["sentence"] for r in smoke_rows["train"][:300]] + ["dull", "a gem"]
-    prompts = ru.make_prompts(sentences, tokenizer, min_tokens=2, max_tokens=6, seed=0)
-    full = ru.tokenize_sentences(sentences, tokenizer, max_length=10_000, add_eos=False)
-    long_enough = [ids for ids in full if len(ids) >= 3]
+    prompts = ru.make_prompts(sentences, tokenizer, min_words=2, max_words=6, seed=0)
+    long_enough = [s for s in sentences if len(s.split()) >= 3]
     assert len(prompts) == len(long_enough)
-    for prompt, ids in zip(prompts, long_enough):
-        assert 2 <= len(prompt) <= 6 and len(prompt) < len(ids)
-        assert prompt == ids[: len(prompt)]  # a prefix of its sentence
-    assert len({len(p) for p in prompts}) == 5  # every length 2..6 occurs
+    counts = set()
+    for prompt, sentence in zip(prompts, long_enough):
+        words, text = sentence.split(), tokenizer.decode(prompt)
+        k = len(text.split())
+        counts.add(k)
+        assert 2 <= k <= 6 and k < len(words)
+        assert text.split() == words[:k]  # the sentence's first k words, none of them cut
+        whole = ru.tokenize_sentences([sentence], tokenizer, max_length=10_000, add_eos=False)[0]
+        assert whole[: len(prompt)] == prompt  # the same tokens as in the sentence: nothing re-tokenised differently
+    assert counts == {2, 3, 4, 5, 6}  # every length 2..6 occurs
     assert ru.make_prompts(sentences, tokenizer, 2, 6, seed=0) == prompts
     assert ru.make_prompts(sentences, tokenizer, 2, 6, seed=1) != prompts
 

@@ -203,7 +203,7 @@ def test_grpo_weights_a_short_responses_tokens_more_and_dr_grpo_does_not():
     grads = {}
     for how in ("sequence", "constant"):
         logprobs = torch.zeros(2, 3, requires_grad=True)
-        loss, _ = ru.ppo_policy_loss(logprobs, old, advantages, mask, 0.2, how, max_tokens=3)
+        loss, _ = ru.clipped_policy_loss(logprobs, old, advantages, mask, 0.2, how, max_tokens=3)
         loss.backward()
         grads[how] = logprobs.grad
     assert grads["sequence"][1, 0].item() == pytest.approx(3 * grads["sequence"][0, 0].item())
@@ -290,7 +290,7 @@ def test_best_of_n_keeps_the_highest_scoring_sample_of_each_prompt():
 @pytest.mark.parametrize("estimator", ["rloo", "grpo", "dr_grpo", "reinforce_pp"])
 def test_the_notebooks_loop_raises_a_toy_reward_with_each_critic_free_estimator(estimator, smoke_dirs, tokenizer,
                                                                                 smoke_rows):  # fmt: skip
-    from test_ppo import PROMPT_TOKENS, ShareOfSet
+    from test_ppo import ShareOfSet, token_prompts
 
     seed, iterations, batch = 0, 30, 32
     torch.manual_seed(seed)
@@ -300,7 +300,7 @@ def test_the_notebooks_loop_raises_a_toy_reward_with_each_critic_free_estimator(
     in_set = torch.zeros(len(tokenizer), dtype=torch.bool)
     in_set[torch.randperm(len(tokenizer), generator=torch.Generator().manual_seed(123))[:64]] = True
     sentences = [r["sentence"] for r in smoke_rows["train"][:400]]
-    prompts = ru.make_prompts(sentences, tokenizer, PROMPT_TOKENS, PROMPT_TOKENS, seed=seed)
+    prompts = token_prompts(sentences, tokenizer)
     k = 1 if estimator == "reinforce_pp" else K
     cfg = ru.PPOConfig(
         batch_size=batch, minibatch_size=16, ppo_epochs=2, response_length=10, require_cuda=False,
@@ -315,7 +315,7 @@ def test_the_notebooks_loop_raises_a_toy_reward_with_each_critic_free_estimator(
         ref_policy=ref_policy, reward_model=ShareOfSet(in_set), score_mean=0.0, score_std=0.1, reward_threshold=0.5,
         optimizer=ru.make_optimizer(policy, lr=2e-3), scaler=ru.resolve_precision(cpu, "fp32").grad_scaler(),
         kl_controller=ru.FixedKLController(0.05), generator=torch.Generator().manual_seed(seed),
-        history=ru.History(), run_signature={}, cfg=cfg, start_iteration=0,
+        history=ru.History(), run_signature={}, cfg=cfg, start_iteration=0, pieces=ru.ppo_pieces(cfg),
     )  # fmt: skip
     run_tagged_cell(ROOT / "3-RLHF.ipynb", "ppo-loop", namespace)
     scores = namespace["history"].series("env/raw_score_mean")[1]
@@ -329,14 +329,13 @@ def test_the_notebooks_loop_raises_a_toy_reward_with_each_critic_free_estimator(
 
 def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_rows, tmp_path):
     """The other side of the check above: with the critic, the same loop moves the value head."""
-    from test_ppo import PROMPT_TOKENS, ShareOfSet
+    from test_ppo import ShareOfSet, token_prompts
 
     base = str(smoke_dirs["base"])
     policy = ru.PolicyWithValueHead(ru.load_causal_lm(base))
     in_set = torch.zeros(len(tokenizer), dtype=torch.bool)
     in_set[:64] = True
-    prompts = ru.make_prompts([r["sentence"] for r in smoke_rows["train"][:100]], tokenizer, PROMPT_TOKENS,
-                              PROMPT_TOKENS)  # fmt: skip
+    prompts = token_prompts([r["sentence"] for r in smoke_rows["train"][:100]], tokenizer)
     cfg = ru.PPOConfig(batch_size=16, minibatch_size=16, ppo_epochs=1, response_length=6, require_cuda=False,
                        curve_prompts=0, samples_every=10**9, checkpoint_every=0, checkpoint_minutes=0,
                        num_iterations=2, normalize_scores=False, checkpoint_dir=str(tmp_path / "checkpoint"))  # fmt: skip
@@ -347,7 +346,7 @@ def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_ro
         reward_model=ShareOfSet(in_set), score_mean=0.0, score_std=1.0, reward_threshold=0.5,
         optimizer=ru.make_optimizer(policy, lr=1e-3), scaler=ru.resolve_precision(cpu, "fp32").grad_scaler(),
         kl_controller=ru.FixedKLController(0.05), generator=torch.Generator().manual_seed(0), history=ru.History(),
-        run_signature={}, cfg=dataclasses.replace(cfg), start_iteration=0,
+        run_signature={}, cfg=dataclasses.replace(cfg), start_iteration=0, pieces=ru.ppo_pieces(cfg),
     )  # fmt: skip
     run_tagged_cell(ROOT / "3-RLHF.ipynb", "ppo-loop", namespace)
     assert any((p != 0).any() for p in policy.value_head.parameters())
@@ -357,16 +356,18 @@ def test_the_loop_trains_the_value_head_with_gae(smoke_dirs, tokenizer, smoke_ro
 # The comparison script: notebook 3 top to bottom with each estimator (smoke profile), best-of-N, the table and plot
 
 
-def test_the_comparison_runs_notebook_3_with_each_estimator_in_the_smoke_profile(tmp_path):
+def test_the_comparison_runs_notebook_3_with_each_estimator_and_dpo_in_the_smoke_profile(tmp_path):
     pytest.importorskip("nbclient")
     from benchmarks import compare_estimators
 
     steps = ["RLHF_NUM_ITERATIONS=3", "RLHF_EVAL_PROMPTS=16", "RLHF_CURVE_PROMPTS=8", "RLHF_MAX_TRAIN_SAMPLES=400",
-             "RLHF_NUM_EPOCHS=1", "RLHF_COMPARE_LOSSES=0", "RLHF_NORM_SAMPLES=64"]  # fmt: skip
+             "RLHF_NUM_EPOCHS=1", "RLHF_COMPARE_LOSSES=0", "RLHF_NORM_SAMPLES=64", "RLHF_LABEL_PAIRS=8",
+             "RLHF_SIMULATED_PAIRS=320", "RLHF_DPO_BATCH_SIZE=16"]  # fmt: skip
     argv = ["--profile", "smoke", "--output-dir", str(tmp_path / "out"), "--learning-rates", "1e-3,2e-3",
             "--seeds", "0,1", "--best-of", "2", "--runs-dir", str(tmp_path / "runs"), "--json",
             str(tmp_path / "r.json"), "--table", str(tmp_path / "t.md"), "--figure", str(tmp_path / "f.png"),
-            "--methods", ",".join(ADVANTAGE_ESTIMATORS)]  # fmt: skip
+            "--methods", ",".join(compare_estimators.METHODS), "--dpo-betas", "0.1", "--dpo-learning-rates",
+            "1e-3,2e-3", "--dpo-online-rounds", "2", "--episodes", str(3 * 64)]  # fmt: skip
     for step in steps:
         argv += ["--set", step]
     environment = dict(os.environ)
@@ -374,23 +375,31 @@ def test_the_comparison_runs_notebook_3_with_each_estimator_in_the_smoke_profile
     assert dict(os.environ) == environment  # the settings went to the kernels, not into this process
     runs = results["ppo"]
     args = compare_estimators.parse_args(argv)
-    kept = compare_estimators.kept_rates(results, args)
-    assert len(runs) == len(ADVANTAGE_ESTIMATORS) * 3  # two rates at seed 0, the kept one at seed 1
+    kept = compare_estimators.kept_settings(results, args)
+    assert len(runs) == len(compare_estimators.METHODS) * 3  # two settings at seed 0, the kept one at seed 1
     for name, run in runs.items():
         method = name.split("/")[0]
-        assert run["estimator"] == method and run["episodes"] == 3 * 64
-        assert run["samples_per_prompt"] == (4 if method in GROUP_ESTIMATORS else 1)
-        assert run["value_head_trained"] == (method == "gae"), name  # the value loss is off without a critic
+        assert run["episodes"] == 3 * 64  # one budget of sampled responses for every method, DPO's pairs included
+        if method in compare_estimators.DPO_METHODS:
+            assert run["dpo_rounds"] == (1 if method == "dpo_offline" else 2) and run["verdict"] == "-"
+            assert 0 <= run["implicit_reward_agreement"] <= 1
+        else:
+            assert run["estimator"] == method
+            assert run["samples_per_prompt"] == (4 if method in GROUP_ESTIMATORS else 1)
+            assert run["value_head_trained"] == (method == "gae"), name  # the value loss is off without a critic
         assert all(math.isfinite(run["policy"][k]) for k in ("judge_positive_share", "kl_to_ref", "distinct_2"))
         assert run["peak_rss_mb"] > 100 and run["loop_s"] > 0
         assert run["sft"] == runs[f"gae/lr=0.001/seed={run['seed']}"]["sft"]  # one SFT model, the same prompts
-    for method in ADVANTAGE_ESTIMATORS:
-        objectives = {lr: compare_estimators.objective(runs[f"{method}/lr={lr:g}/seed=0"]) for lr in (1e-3, 2e-3)}
+    for method in compare_estimators.METHODS:
+        settings = compare_estimators.settings_of(method, args)
+        objectives = {s: compare_estimators.objective(runs[f"{method}/{s}/seed=0"]) for s in settings}
         assert kept[method] == max(objectives, key=objectives.get)
     best = results["best_of_n"]["0"]["by_n"]
     assert best["1"]["positive_share"] == pytest.approx(runs["gae/lr=0.001/seed=0"]["sft"]["positive_share"])
     assert best["2"]["raw_score_mean"] >= best["1"]["raw_score_mean"]  # the best of two is never worse
     assert best["2"]["kl_to_ref"] == pytest.approx(math.log(2) - 0.5)
     table = (tmp_path / "t.md").read_text()
-    assert all(compare_estimators.LABELS[m] in table for m in ADVANTAGE_ESTIMATORS) and "best-of-N, N = 2" in table
+    assert (
+        all(compare_estimators.LABELS[m] in table for m in compare_estimators.METHODS) and "best-of-N, N = 2" in table
+    )
     assert (tmp_path / "f.png").stat().st_size > 10_000

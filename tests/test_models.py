@@ -190,7 +190,7 @@ def test_inner_loops_never_wait_for_the_device(tiny_lm):
     optimizer, scaler = ru.make_optimizer(policy, 1e-4), torch.amp.GradScaler("cpu", enabled=False)
 
     def minibatch_step():
-        logprobs, values, _ = ru.policy_forward(policy, input_ids, attention_mask, start, with_entropy=False)
+        logprobs, values, _ = ru.policy_forward(policy, input_ids, attention_mask, start, entropy=False)
         pg_loss, pg_stats = ru.ppo_policy_loss(logprobs, old_logprobs, advantages, mask, 0.2)
         vf_loss, vf_stats = ru.ppo_value_loss(values, old_values, returns, mask, 0.2)
         ru.optimizer_step(pg_loss + 0.1 * vf_loss, optimizer, scaler, policy.parameters(), 1.0)
@@ -247,14 +247,14 @@ def test_benchmark_runs_both_modes_and_writes_json(tmp_path):
     for mode in ("plain", "fast"):
         result = saved["results"][mode]
         seconds = result["seconds_per_iteration"]
-        assert all(seconds[k] > 0 for k in ("generation", "scoring", "optimisation"))
-        assert seconds["total"] == pytest.approx(seconds["generation"] + seconds["scoring"] + seconds["optimisation"])
+        assert all(seconds[k] > 0 for k in ("generate", "score", "optimise"))
+        assert seconds["total"] == pytest.approx(seconds["generate"] + seconds["score"] + seconds["optimise"])
         assert result["episodes_per_second"] == pytest.approx(8 / seconds["total"])
-        assert result["mfu_optimisation"] is None  # CPU
+        assert result["mfu_optimise"] is None  # CPU
         assert (
             "resident set" in result["peak_memory_kind"] and result["peak_memory_gib"] > 0.05
         )  # torch alone takes more
-        assert set(result["phase_peak_above_start_gib"]) == {"generation", "scoring", "optimisation"}
+        assert set(result["phase_peak_above_start_gib"]) == {"generate", "score", "optimise"}
         assert math.isfinite(result["last_stats"]["loss"])
 
 
@@ -370,7 +370,7 @@ def test_chunked_passes_give_the_same_results(tiny_lm, tokenizer):
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     torch.testing.assert_close(ref_whole, ref_chunked, atol=1e-5, rtol=0)
-    assert ru.policy_forward(policy, ids, mask, start, 0.9, with_entropy=False, chunk_size=8)[2] is None
+    assert ru.policy_forward(policy, ids, mask, start, 0.9, entropy=False, chunk_size=8)[2] is None
 
 
 # ---------------------------------------------------------------------------

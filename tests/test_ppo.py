@@ -146,6 +146,12 @@ PPO_ITERATIONS, PPO_BATCH, PPO_MINIBATCH, PPO_EPOCHS, RESPONSE_LENGTH = 50, 32, 
 PROMPT_TOKENS, KL_EVERY = 4, 5  # every prompt 4 tokens long; the exact KL measured every 5 iterations
 
 
+def token_prompts(sentences: list[str], tokenizer) -> list[list[int]]:  # noqa: ANN001
+    """Each sentence's first PROMPT_TOKENS tokens (the toy reward below reads the response from that column on)."""
+    rows = ru.tokenize_sentences(sentences, tokenizer, max_length=10_000, add_eos=False)
+    return [ids[:PROMPT_TOKENS] for ids in rows if len(ids) > PROMPT_TOKENS]
+
+
 def bernoulli_kl(p: float, q: float) -> float:
     return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
 
@@ -198,7 +204,7 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
     in_set = torch.zeros(len(tokenizer), dtype=torch.bool)
     in_set[torch.randperm(len(tokenizer), generator=torch.Generator().manual_seed(123))[:64]] = True
     sentences = [r["sentence"] for r in smoke_rows["train"][:400]]
-    prompts = ru.make_prompts(sentences, tokenizer, PROMPT_TOKENS, PROMPT_TOKENS, seed=seed)
+    prompts = token_prompts(sentences, tokenizer)
     probe_ids, probe_mask = ru.pad_batch(prompts[:PPO_BATCH], pad, side="left")
     cfg = ru.PPOConfig(
         batch_size=PPO_BATCH, minibatch_size=PPO_MINIBATCH, ppo_epochs=PPO_EPOCHS, response_length=RESPONSE_LENGTH,
@@ -213,6 +219,7 @@ def test_ppo_raises_a_toy_reward_within_a_kl_budget(smoke_dirs, tokenizer, smoke
         scaler=ru.resolve_precision(torch.device("cpu"), "fp32").grad_scaler(),
         kl_controller=ru.AdaptiveKLController(0.05, target=4.0, horizon=1000),
         generator=torch.Generator().manual_seed(seed), history=ru.History(), run_signature={},
+        pieces=ru.ppo_pieces(cfg),
     )  # fmt: skip
     kl_0, p0, length = exact_kl_and_share(policy, ref_policy, probe_ids, probe_mask, in_set, eos, pad, seed)
     kls = [kl_0]

@@ -124,7 +124,9 @@ def ppo_iterations(
         precision=FP32, tokenizer=Tokenizer(), train_prompts=PROMPTS, policy=run.policy, ref_policy=run.ref_policy,
         reward_model=scorer, score_mean=0.0, score_std=1.0, reward_threshold=0.0, optimizer=run.optimizer,
         scaler=run.scaler, kl_controller=run.kl_controller, generator=run.generator, history=run.history,
-        start_iteration=start, judge=ru.SentimentJudge(), curve_prompt_ids=PROMPTS[:6], run_signature=SIGNATURE,
+        start_iteration=start, run_signature=SIGNATURE, pieces=ru.ppo_pieces(cfg),
+        measure_curve=lambda: ru.curve_metrics(run.policy.lm, run.ref_policy, scorer, Tokenizer(), PROMPTS[:6], cfg,
+                                               FP32, 0.0, ru.SentimentJudge()),
     )  # fmt: skip
     run_tagged_cell(ROOT / "3-RLHF.ipynb", "ppo-loop", namespace)
 
@@ -288,7 +290,7 @@ def test_can_resume_only_the_same_run(tmp_path):
 
 
 def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
-    env = {"RLHF_SMOKE": "1", "RLHF_OUTPUT_DIR": str(tmp_path)}
+    env = {"RLHF_PROFILE": "smoke", "RLHF_OUTPUT_DIR": str(tmp_path)}
     inputs = (tmp_path / "sft_model", tmp_path / "reward_model")
     base = ru.ppo_run_signature(ru.make_config(ru.PPOConfig, env), *inputs)
     for bookkeeping in ("RLHF_NUM_ITERATIONS", "RLHF_EVAL_EVERY", "RLHF_CURVE_PROMPTS"):
