@@ -389,7 +389,8 @@ def test_the_comparison_runs_notebook_3_with_each_estimator_and_dpo_in_the_smoke
             assert run["value_head_trained"] == (method == "gae"), name  # the value loss is off without a critic
         assert all(math.isfinite(run["policy"][k]) for k in ("judge_positive_share", "kl_to_ref", "distinct_2"))
         assert run["peak_rss_mb"] > 100 and run["loop_s"] > 0
-        assert run["sft"] == runs[f"gae/lr=0.001/seed={run['seed']}"]["sft"]  # one SFT model, the same prompts
+        ppo_of_seed = next(r for n, r in runs.items() if n.startswith("gae/") and r["seed"] == run["seed"])
+        assert run["sft"] == ppo_of_seed["sft"]  # one SFT model, the same prompts (whichever rate PPO kept)
     for method in compare_estimators.METHODS:
         settings = compare_estimators.settings_of(method, args)
         objectives = {s: compare_estimators.objective(runs[f"{method}/{s}/seed=0"]) for s in settings}
