@@ -37,7 +37,7 @@ PROFILE_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             norm_samples=400,
             prefix_lengths="2|4|8",
             label_pairs=24,
-            simulated_pairs=360,
+            simulated_pairs=800,  # enough decided pairs beyond the 300 held out for a learning curve
             label_response_length=12,
         ),
         "PPOConfig": dict(
