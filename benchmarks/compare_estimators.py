@@ -64,7 +64,9 @@ _dpo = cfg.dpo_pairs > 0
 _loop = dpo_seconds if _dpo else history.to_frame()[["time/generate_s", "time/score_s", "time/optimise_s"]].sum().sum()
 print("RESULT " + _json.dumps({
     "sft": sft_summary, "policy": dpo_summary if _dpo else ppo_summary, "loop_s": float(_loop),
-    "verdict": "-" if _dpo else health.attrs["verdict"], "dpo_beta": cfg.dpo_beta, "dpo_rounds": cfg.dpo_rounds,
+    "verdict": "-" if _dpo else health.attrs["verdict"],
+    "unhealthy_rows": [] if _dpo else [f"{m} ({v})" for m, v in health["verdict"].items() if v != "healthy"],
+    "dpo_beta": cfg.dpo_beta, "dpo_rounds": cfg.dpo_rounds,
     "implicit_reward_agreement": agreement if _dpo else None,
     "peak_rss_mb": _resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss / 1024,
     "kl_coef": float(kl_controller.value), "score_mean": score_mean, "score_std": score_std,
@@ -317,20 +319,33 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
             mark = " **(kept)**" if setting == kept[method] else ""
             tuning.append(
                 f"| {LABELS[method]} | {setting}{mark} | {objective(r):.2f} | {100 * r['policy']['judge_positive_share']:.1f} "
-                f"| {r['policy']['kl_to_ref']:.2f} | {r['verdict']} |"
+                f"| {r['policy']['kl_to_ref']:.2f} | {verdict_text(r)} |"
             )
     return "\n".join([header, *rows, "", f"Tuning, seed {args.seeds[0]}:", "", *tuning])
 
 
-def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
-    """The frontier: the judge's positive share against the KL, each method at its kept setting (mean, and the range
-    over seeds as error bars), its other tuning runs faint, best-of-N as a line over N, the SFT model at KL 0, and
-    notebook 3's own committed run (--notebook-run) as a star."""
-    import matplotlib
+def verdict_text(result: dict[str, Any]) -> str:
+    """The health verdict, with the rows behind a warning where the run recorded them (runs since they were kept)."""
+    rows = result.get("unhealthy_rows")
+    return f"{result['verdict']}: {', '.join(rows)}" if rows else result["verdict"]
 
-    matplotlib.use("Agg")
+
+def args_of(results: dict[str, Any]) -> argparse.Namespace:
+    """The settings a saved comparison ran with (the defaults for any it did not record)."""
+    args = parse_args([])
+    for key, value in results.get("settings", {}).items():
+        setattr(args, key, value)
+    return args
+
+
+def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = None,
+                    this_run: dict[str, dict[str, float]] | None = None):  # fmt: skip
+    """The frontier: the judge's positive share against the KL, each method at its kept setting (mean, and the range
+    over seeds as error bars), its other tuning runs faint, best-of-N as a line over N, the SFT model at KL 0; and
+    `this_run`, a notebook's own evaluation summaries by name ("SFT", "PPO", ...), in black, an arrow from its SFT."""
     import matplotlib.pyplot as plt
 
+    args = args or args_of(results)
     kept = kept_settings(results, args)
     fig, ax = plt.subplots(figsize=(7.8, 4.8))
     sizes = [str(2**i) for i in range(int(math.log2(args.best_of)) + 1)]
@@ -352,10 +367,15 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
         x, y = statistics.mean(kls), statistics.mean(judges)
         ax.errorbar(x, y, xerr=[[x - min(kls)], [max(kls) - x]], yerr=[[y - min(judges)], [max(judges) - y]],
                     fmt=marker, color=color, capsize=3, ms=7, label=f"{LABELS[method]}, {kept[method]}")  # fmt: skip
-    if args.notebook_run and Path(args.notebook_run).exists():
+    if this_run is None and args.notebook_run and Path(args.notebook_run, "checkpoint.json").exists():
         meta = json.loads((Path(args.notebook_run) / "checkpoint.json").read_text())["meta"]["eval"]
         ax.plot(meta["kl_to_ref"], 100 * meta["judge_positive_share"], "*", color="black", ms=13,
                 label="notebook 3's committed run (PPO, its own settings, 2 threads)")  # fmt: skip
+    points = {name: (s["kl_to_ref"], 100 * s["judge_positive_share"]) for name, s in (this_run or {}).items()}
+    for (name, (kl, judge)), marker in zip(points.items(), "X*Ddv^"):
+        ax.plot(kl, judge, marker, color="black", ms=11 if marker == "*" else 8, label=f"this notebook: {name}")
+        if name != "SFT" and "SFT" in points:
+            ax.annotate("", (kl, judge), points["SFT"], arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
     ax.set_xlabel("KL to the SFT model, nats per sequence (held-out prompts)")
     ax.set_ylabel("judge (VADER) positive share, %")
     ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other settings, seed "
@@ -363,6 +383,17 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """The frontier plot (`frontier_figure`), saved to `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = frontier_figure(results, args)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

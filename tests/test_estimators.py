@@ -2,6 +2,7 @@
 each against a plain loop written from its paper's formula; and notebook 3's own loop learning with each of them."""
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -387,6 +388,9 @@ def test_the_comparison_runs_notebook_3_with_each_estimator_and_dpo_in_the_smoke
             assert run["estimator"] == method
             assert run["samples_per_prompt"] == (4 if method in GROUP_ESTIMATORS else 1)
             assert run["value_head_trained"] == (method == "gae"), name  # the value loss is off without a critic
+            # the rows behind a verdict travel with it, so the table can say what warned
+            assert (run["verdict"] == "healthy") == (run["unhealthy_rows"] == []), name
+            assert compare_estimators.verdict_text(run) in (tmp_path / "t.md").read_text()
         assert all(math.isfinite(run["policy"][k]) for k in ("judge_positive_share", "kl_to_ref", "distinct_2"))
         assert run["peak_rss_mb"] > 100 and run["loop_s"] > 0
         ppo_of_seed = next(r for n, r in runs.items() if n.startswith("gae/") and r["seed"] == run["seed"])
@@ -404,3 +408,27 @@ def test_the_comparison_runs_notebook_3_with_each_estimator_and_dpo_in_the_smoke
         all(compare_estimators.LABELS[m] in table for m in compare_estimators.METHODS) and "best-of-N, N = 2" in table
     )
     assert (tmp_path / "f.png").stat().st_size > 10_000
+
+
+def test_the_frontier_marks_a_notebooks_own_run_in_black_with_an_arrow_from_its_sft_point() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import compare_estimators
+
+    results = json.loads((ROOT / "benchmarks/results/estimators_cpu.json").read_text())
+    this_run = {"SFT": {"kl_to_ref": 0.0, "judge_positive_share": 0.40},
+                "PPO": {"kl_to_ref": 3.5, "judge_positive_share": 0.70}}  # fmt: skip
+    fig = compare_estimators.frontier_figure(results, this_run=this_run)
+    ax = fig.axes[0]
+    black = {line.get_label(): (line.get_xdata()[0], line.get_ydata()[0]) for line in ax.lines
+             if line.get_color() == "black"}  # fmt: skip
+    assert black == {"this notebook: SFT": (0.0, 40.0), "this notebook: PPO": (3.5, 70.0)}
+    arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
+    assert [(a.xy, a.xyann) for a in arrows] == [((3.5, 70.0), (0.0, 40.0))]  # from its own SFT point to PPO
+    plt.close(fig)
+    fig = compare_estimators.frontier_figure(results)  # the script's figure: no notebook run unless it is saved
+    assert not any(line.get_label().startswith("this notebook") for line in fig.axes[0].lines)
+    plt.close(fig)
