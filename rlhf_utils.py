@@ -945,11 +945,15 @@ def sample_prompts(
     return prompt_ids.to(device), prompt_mask.to(device)  # (B, P)
 
 
-def minibatch_indices(cfg: PPOConfig, generator: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
-    """Step (6)'s minibatches: for each of cfg.ppo_epochs passes, the batch's rows shuffled and cut into minibatches
-    of cfg.minibatch_size row indices."""
-    for _epoch in range(cfg.ppo_epochs):
-        yield from torch.randperm(cfg.batch_size, generator=generator, device=device).split(cfg.minibatch_size)
+def minibatch_indices(
+    n: int, size: int, epochs: int, generator: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """For each of `epochs` passes, the row indices 0 .. n-1 shuffled and cut into minibatches of `size`: PPO's
+    step (6) over a batch, DPO's steps over its pairs; nothing at all when n = 0 (every DPO pair tied)."""
+    if n == 0:
+        return
+    for _epoch in range(epochs):
+        yield from torch.randperm(n, generator=generator, device=device).split(size)
 
 
 @torch.no_grad()

@@ -89,6 +89,18 @@ def test_preference_pairs_rank_by_the_reward_and_carry_the_references_logprobs(s
                           pairs.chosen_scores)  # fmt: skip
 
 
+def run_dpo_loop(cfg, smoke_dirs, tokenizer, ref, reward_model, prompts) -> dict:  # noqa: ANN001
+    """Notebook 3's DPO loop cell (tagged "dpo-loop") on CPU in fp32 from the smoke base model; its namespace after."""
+    cpu, fp32 = torch.device("cpu"), ru.resolve_precision(torch.device("cpu"), "fp32")
+    namespace = dict(
+        ru=ru, torch=torch, time=time, cfg=cfg, device=cpu, precision=fp32, tokenizer=tokenizer,
+        sft_model_path=smoke_dirs["base"], ref_policy=ref, reward_model=reward_model, train_prompts=prompts,
+        score_mean=0.0, score_std=1.0, scaler=fp32.grad_scaler(), pieces=ru.ppo_pieces(cfg),
+    )  # fmt: skip
+    run_tagged_cell(ROOT / "3-RLHF.ipynb", "dpo-loop", namespace)
+    return namespace
+
+
 def test_notebook_3s_dpo_loop_raises_the_reward_models_preference(smoke_dirs, tokenizer, smoke_rows) -> None:
     """The DPO loop cell of notebook 3 (tagged "dpo-loop"), offline, on pairs ranked by a toy reward (the share of a
     response's tokens in a set S): the policy's own samples score higher afterwards, and its implicit reward ranks
@@ -97,13 +109,8 @@ def test_notebook_3s_dpo_loop_raises_the_reward_models_preference(smoke_dirs, to
     eos = tokenizer.eos_token_id
     cfg = ru.PPOConfig(batch_size=64, minibatch_size=32, response_length=8, require_cuda=False, missing_eos_penalty=0.0,
                        dpo_pairs=512, dpo_epochs=4, dpo_batch_size=32, dpo_learning_rate=3e-3, dpo_beta=0.1)  # fmt: skip
-    cpu, fp32 = torch.device("cpu"), ru.resolve_precision(torch.device("cpu"), "fp32")
-    namespace = dict(
-        ru=ru, torch=torch, time=time, cfg=cfg, device=cpu, precision=fp32, tokenizer=tokenizer,
-        sft_model_path=smoke_dirs["base"], ref_policy=ref, reward_model=reward_model, train_prompts=prompts,
-        score_mean=0.0, score_std=1.0, scaler=fp32.grad_scaler(), pieces=ru.ppo_pieces(cfg),
-    )  # fmt: skip
-    run_tagged_cell(ROOT / "3-RLHF.ipynb", "dpo-loop", namespace)
+    fp32 = ru.resolve_precision(torch.device("cpu"), "fp32")
+    namespace = run_dpo_loop(cfg, smoke_dirs, tokenizer, ref, reward_model, prompts)
     policy = namespace["dpo_policy"]
 
     def reward_of_samples(lm) -> float:  # noqa: ANN001
@@ -118,3 +125,18 @@ def test_notebook_3s_dpo_loop_raises_the_reward_models_preference(smoke_dirs, to
     agreement = ru.implicit_reward_agreement(policy, ref, reward_model, prompts[200:], cfg, 0.0, 1.0, fp32, eos, eos)
     print(f"toy reward of the samples {before:.3f} -> {after:.3f}; implicit-reward agreement {agreement:.1%}")
     assert agreement > 0.6, agreement
+
+
+def test_the_dpo_loop_takes_no_step_when_every_pair_ties(smoke_dirs, tokenizer, smoke_rows) -> None:
+    """A reward that scores every response alike ranks nothing: no pair, no step, the policy still the SFT model."""
+    from test_ppo import ShareOfSet
+
+    _, prompts, ref = toy_setup(smoke_dirs, tokenizer, smoke_rows)
+    cfg = ru.PPOConfig(batch_size=64, minibatch_size=32, response_length=8, require_cuda=False, missing_eos_penalty=0.0,
+                       dpo_pairs=64, dpo_rounds=2, dpo_epochs=2, dpo_batch_size=32)  # fmt: skip
+    namespace = run_dpo_loop(
+        cfg, smoke_dirs, tokenizer, ref, ShareOfSet(torch.zeros(len(tokenizer), dtype=torch.bool)), prompts
+    )
+    assert namespace["step"] == 0 and len(namespace["pairs"].chosen_ids) == 0
+    after, before = namespace["dpo_policy"].state_dict(), ref.state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in before)

@@ -414,6 +414,27 @@ def test_pairwise_reward_loss(seed):
     close(shifted, sum(terms) / len(terms))
 
 
+def draw_minibatches(n: int, size: int, epochs: int, seed: int) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [mb.tolist() for mb in ru.minibatch_indices(n, size, epochs, generator, torch.device("cpu"))]
+
+
+@pytest.mark.parametrize("n,size,epochs", [(128, 32, 4), (10, 4, 3), (7, 7, 2), (0, 32, 4)])
+def test_minibatch_indices_visit_every_row_once_per_epoch(n, size, epochs):
+    """PPO's and DPO's minibatches: each pass a fresh shuffle of 0 .. n-1 cut into pieces of `size` (the last one
+    shorter), the same seed the same order, and no minibatch at all when there is nothing to train on (n = 0)."""
+    minibatches = draw_minibatches(n, size, epochs, seed=0)
+    per_pass = math.ceil(n / size)
+    assert len(minibatches) == epochs * per_pass
+    assert [len(mb) for mb in minibatches[:per_pass]] == [min(size, n - i * size) for i in range(per_pass)]
+    passes = [sum(minibatches[i : i + per_pass], []) for i in range(0, len(minibatches), max(per_pass, 1))]
+    assert all(sorted(order) == list(range(n)) for order in passes)
+    assert draw_minibatches(n, size, epochs, seed=0) == minibatches
+    if n:
+        assert len({tuple(order) for order in passes}) > 1  # reshuffled each pass
+        assert draw_minibatches(n, size, epochs, seed=1) != minibatches
+
+
 # ---------------------------------------------------------------------------
 # The SFT loss, validation loss, the learning-rate schedule, the optimizer
 
