@@ -1,16 +1,18 @@
-"""Beyond PPO, measured: PPO (GAE and a value head) beside RLOO, GRPO, Dr. GRPO, REINFORCE++ and best-of-N, on one
-task with one SFT model, one reward model and one episode budget.
+"""Beyond PPO, measured: PPO (GAE and a value head) beside RLOO, GRPO, Dr. GRPO, REINFORCE++, offline and online DPO
+and best-of-N, on one task with one SFT model, one reward model and one episode budget (--methods picks some).
 
-    python benchmarks/compare_estimators.py --dataset ../shared/data/sst2     # cpu profile: ~80 min on 2 cores
+    python benchmarks/compare_estimators.py --dataset ../shared/data/sst2 --methods gae,dpo_online,dpo_offline \
+        --learning-rates 7.5e-5,1.5e-4                                        # cpu profile: ~2 h on 2 cores
     python benchmarks/compare_estimators.py --report                          # the table and plot of a saved run
 
 What it does, in order:
 1. Notebooks 1 and 2 in the profile (`cpu`: real SST-2, small GPT-2s), unless their models are already in the
    profile's output folder: every method then starts from the same SFT model and is scored by the same reward model.
-2. Tuning: notebook 3, top to bottom, for each trained method at each of --learning-rates, seed 0. A method keeps
-   the rate with the highest held-out objective, mean(s) - beta * KL (s: the normalised score minus the missing-EOS
-   penalty, as in training), the quantity each method maximises: the judge chooses nothing.
-3. Seeds: notebook 3 again at the kept rate with the other --seeds.
+2. Tuning: notebook 3, top to bottom, for each trained method at each of its settings (--learning-rates; DPO: each
+   of --dpo-betas with each of --dpo-learning-rates), seed 0. A method keeps the setting with the highest held-out
+   objective, mean(s) - beta * KL (s: the normalised score minus the missing-EOS penalty, as in training), the
+   quantity PPO maximises: the judge chooses nothing.
+3. Seeds: notebook 3 again at the kept setting with the other --seeds.
 4. Best-of-N, the baseline without training: N samples per held-out prompt from the SFT model, the reward model's
    best kept, N = 1, 2, 4, ... --best-of; its KL is log N - (N - 1) / N (ru.best_of_n_kl).
 Every method sees the same prompts (a seed sets them), the same number of episodes (num_iterations x batch_size) and
@@ -339,7 +341,7 @@ def args_of(results: dict[str, Any]) -> argparse.Namespace:
 
 
 def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = None,
-                    this_run: dict[str, dict[str, float]] | None = None):  # fmt: skip
+                    this_run: dict[str, dict[str, float]] | None = None, run_label: str = "this notebook"):  # fmt: skip
     """The frontier: the judge's positive share against the KL, each method at its kept setting (mean, and the range
     over seeds as error bars), its other tuning runs faint, best-of-N as a line over N, the SFT model at KL 0; and
     `this_run`, a notebook's own evaluation summaries by name ("SFT", "PPO", ...), in black, an arrow from its SFT."""
@@ -356,34 +358,52 @@ def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = N
     for n, kl, judge in zip(sizes, [runs[0]["kl_to_ref"] for runs in bon], bon_judge):
         label = "SFT (N=1)" if n == "1" else f"N={n}"
         ax.annotate(label, (kl, judge), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    kept_runs = {m: [results["ppo"][run_name(m, kept[m], s)]["policy"] for s in args.seeds] for m in args.methods}
+    shown = [p["kl_to_ref"] for runs in kept_runs.values() for p in runs] + [
+        s["kl_to_ref"] for s in (this_run or {}).values()
+    ]
+    right = 1.25 * max([*shown, bon[-1][0]["kl_to_ref"], 1.0])  # a tuning run further out is drawn at the edge
     for i, method in enumerate(args.methods):
         color, marker = f"C{i}", "s" if method in DPO_METHODS else "o"
         for setting in settings_of(method, args):
             if setting != kept[method]:
                 r = results["ppo"][run_name(method, setting, args.seeds[0])]["policy"]
-                ax.plot(r["kl_to_ref"], 100 * r["judge_positive_share"], marker, color=color, alpha=0.25, ms=5)
-        policy = [results["ppo"][run_name(method, kept[method], s)]["policy"] for s in args.seeds]
+                kl, judge = r["kl_to_ref"], 100 * r["judge_positive_share"]
+                if kl > right:
+                    ax.plot(0.98 * right, judge, ">", color=color, alpha=0.5, ms=6)
+                    ax.annotate(f"KL {kl:.1f}", (0.98 * right, judge), textcoords="offset points", xytext=(-34, -3),
+                                fontsize=7, color=color)  # fmt: skip
+                else:
+                    ax.plot(kl, judge, marker, color=color, alpha=0.25, ms=5)
+        policy = kept_runs[method]
         kls, judges = [p["kl_to_ref"] for p in policy], [100 * p["judge_positive_share"] for p in policy]
         x, y = statistics.mean(kls), statistics.mean(judges)
         ax.errorbar(x, y, xerr=[[x - min(kls)], [max(kls) - x]], yerr=[[y - min(judges)], [max(judges) - y]],
                     fmt=marker, color=color, capsize=3, ms=7, label=f"{LABELS[method]}, {kept[method]}")  # fmt: skip
-    if this_run is None and args.notebook_run and Path(args.notebook_run, "checkpoint.json").exists():
-        meta = json.loads((Path(args.notebook_run) / "checkpoint.json").read_text())["meta"]["eval"]
-        ax.plot(meta["kl_to_ref"], 100 * meta["judge_positive_share"], "*", color="black", ms=13,
-                label="notebook 3's committed run (PPO, its own settings, 2 threads)")  # fmt: skip
     points = {name: (s["kl_to_ref"], 100 * s["judge_positive_share"]) for name, s in (this_run or {}).items()}
-    for (name, (kl, judge)), marker in zip(points.items(), "X*Ddv^"):
-        ax.plot(kl, judge, marker, color="black", ms=11 if marker == "*" else 8, label=f"this notebook: {name}")
+    markers = iter("*Ddv^")
+    for name, (kl, judge) in points.items():
+        marker = "X" if name == "SFT" else next(markers)
+        ax.plot(kl, judge, marker, color="black", ms=11 if marker == "*" else 8, label=f"{run_label}: {name}")
         if name != "SFT" and "SFT" in points:
             ax.annotate("", (kl, judge), points["SFT"], arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
+    ax.set_xlim(-0.04 * right, right)
     ax.set_xlabel("KL to the SFT model, nats per sequence (held-out prompts)")
     ax.set_ylabel("judge (VADER) positive share, %")
     ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other settings, seed "
-                 f"{args.seeds[0]}", fontsize=9)  # fmt: skip
+                 f"{args.seeds[0]} (an arrow: further right, at the KL it names)", fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return fig
+
+
+def committed_run(args: argparse.Namespace) -> dict[str, dict[str, float]] | None:
+    """Notebook 3's committed PPO run, as saved with its policy (--notebook-run), for the plot; None if not there."""
+    saved = Path(args.notebook_run or "", "checkpoint.json")
+    if not args.notebook_run or not saved.exists():
+        return None
+    return {"PPO": json.loads(saved.read_text())["meta"]["eval"]}  # its SFT point is not saved with it
 
 
 def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
@@ -393,7 +413,7 @@ def plot(results: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = frontier_figure(results, args)
+    fig = frontier_figure(results, args, committed_run(args), run_label="notebook 3's committed run (its own settings)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -441,7 +461,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    results = load(Path(args.json)) if args.report else run_all(args)
+    if args.report:  # the saved run's methods and settings; this command's files
+        results, files = (
+            load(Path(args.json)),
+            {k: getattr(args, k) for k in ("json", "table", "figure", "notebook_run")},
+        )
+        args = args_of(results)
+        vars(args).update(files)
+    else:
+        results = run_all(args)
     table = report(results, args)
     print(table)
     Path(args.table).parent.mkdir(parents=True, exist_ok=True)

@@ -418,7 +418,7 @@ def test_the_frontier_marks_a_notebooks_own_run_in_black_with_an_arrow_from_its_
 
     from benchmarks import compare_estimators
 
-    results = json.loads((ROOT / "benchmarks/results/estimators_cpu.json").read_text())
+    results = json.loads((ROOT / "benchmarks/results/earlier_model/estimators_cpu.json").read_text())
     this_run = {"SFT": {"kl_to_ref": 0.0, "judge_positive_share": 0.40},
                 "PPO": {"kl_to_ref": 3.5, "judge_positive_share": 0.70}}  # fmt: skip
     fig = compare_estimators.frontier_figure(results, this_run=this_run)
@@ -431,4 +431,49 @@ def test_the_frontier_marks_a_notebooks_own_run_in_black_with_an_arrow_from_its_
     plt.close(fig)
     fig = compare_estimators.frontier_figure(results)  # the script's figure: no notebook run unless it is saved
     assert not any(line.get_label().startswith("this notebook") for line in fig.axes[0].lines)
+    plt.close(fig)
+
+
+def test_the_scripts_plot_marks_notebook_3s_saved_run_the_same_way(tmp_path) -> None:
+    from benchmarks import compare_estimators
+
+    args = compare_estimators.parse_args(["--notebook-run", str(tmp_path / "policy")])
+    assert compare_estimators.committed_run(args) is None  # not saved: nothing to mark
+    (tmp_path / "policy").mkdir()
+    meta = {"kl_to_ref": 3.78, "judge_positive_share": 0.706}
+    (tmp_path / "policy/checkpoint.json").write_text(json.dumps({"meta": {"eval": meta}}))
+    assert compare_estimators.committed_run(args) == {"PPO": meta}
+
+
+def test_report_mode_redraws_a_saved_comparison_with_the_methods_it_ran(tmp_path) -> None:
+    """--report reads which methods and settings the saved run used (here the earlier model's five estimators, no DPO),
+    not this command's defaults, and writes the table and plot where this command says."""
+    from benchmarks import compare_estimators
+
+    saved = ROOT / "benchmarks/results/earlier_model/estimators_cpu.json"
+    table, figure = tmp_path / "t.md", tmp_path / "f.png"
+    compare_estimators.main(["--report", "--json", str(saved), "--table", str(table), "--figure", str(figure),
+                             "--notebook-run", ""])  # fmt: skip
+    text = table.read_text()
+    assert all(
+        f"| {compare_estimators.LABELS[m]} |" in text for m in ("gae", "rloo", "grpo", "dr_grpo", "reinforce_pp")
+    )
+    assert "DPO" not in text and figure.stat().st_size > 10_000
+
+
+def test_a_tuning_run_far_to_the_right_is_drawn_at_the_edge_with_its_kl(tmp_path) -> None:
+    """One collapsed tuning run (online DPO reached KL 26.5 here) must not squash every other point into a corner: the
+    axis ends a little past the kept runs, best-of-N and the notebook's run, and the far run is an arrow naming its KL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import compare_estimators
+
+    results = json.loads((ROOT / "benchmarks/results/earlier_model/estimators_cpu.json").read_text())
+    results["ppo"]["grpo/lr=0.0003/seed=0"]["policy"]["kl_to_ref"] = 50.0  # a setting GRPO did not keep
+    fig = compare_estimators.frontier_figure(results)
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] < 12 and [t.get_text() for t in ax.texts if t.get_text().startswith("KL ")] == ["KL 50.0"]
     plt.close(fig)
