@@ -400,8 +400,8 @@ def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = N
 
 def committed_run(args: argparse.Namespace) -> dict[str, dict[str, float]] | None:
     """Notebook 3's committed PPO run, as saved with its policy (--notebook-run), for the plot; None if not there."""
-    saved = Path(args.notebook_run or "", "checkpoint.json")
-    if not args.notebook_run or not saved.exists():
+    saved = Path(args.notebook_run, "checkpoint.json") if args.notebook_run else None
+    if saved is None or not saved.exists():
         return None
     return {"PPO": json.loads(saved.read_text())["meta"]["eval"]}  # its SFT point is not saved with it
 
@@ -462,10 +462,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.report:  # the saved run's methods and settings; this command's files
-        results, files = (
-            load(Path(args.json)),
-            {k: getattr(args, k) for k in ("json", "table", "figure", "notebook_run")},
-        )
+        files = {k: getattr(args, k) for k in ("json", "table", "figure", "notebook_run")}
+        results = load(Path(args.json))
         args = args_of(results)
         vars(args).update(files)
     else:

@@ -109,9 +109,8 @@ def test_notebook_3s_dpo_loop_raises_the_reward_models_preference(smoke_dirs, to
     eos = tokenizer.eos_token_id
     cfg = ru.PPOConfig(batch_size=64, minibatch_size=32, response_length=8, require_cuda=False, missing_eos_penalty=0.0,
                        dpo_pairs=512, dpo_epochs=4, dpo_batch_size=32, dpo_learning_rate=3e-3, dpo_beta=0.1)  # fmt: skip
-    fp32 = ru.resolve_precision(torch.device("cpu"), "fp32")
     namespace = run_dpo_loop(cfg, smoke_dirs, tokenizer, ref, reward_model, prompts)
-    policy = namespace["dpo_policy"]
+    policy, fp32 = namespace["dpo_policy"], namespace["precision"]
 
     def reward_of_samples(lm) -> float:  # noqa: ANN001
         pairs = ru.sample_preference_pairs(lm, ref, reward_model, prompts[:200], 128, cfg, 0.0, 1.0,
