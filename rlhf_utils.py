@@ -982,8 +982,8 @@ def evaluate_policy(
     reference's negative log-likelihood at temperature 1. Summary: the means and shares of those, the
     reference perplexity exp(total NLL / tokens), the mean response length, distinct-2 (`grouped_distinct_n`) and the
     share of responses repeating a word 3+ times (`repeats_a_word`); with `known` (`known_words` of the training
-    text), the share of prompt + response words found in it (`real_word_share`).
-    Log-prob passes run in chunks of `chunk_size` rows (default: batch_size).
+    text), the share of prompt + response words found in it (`real_word_share`) and of the response's own words
+    (`response_real_word_share`). Log-prob passes run in chunks of `chunk_size` rows (default: batch_size).
     """
     import pandas as pd
 

@@ -5,6 +5,7 @@ notebook 3's evaluation that are bookkeeping, not RLHF: `rlhf_utils.evaluate_pol
 from __future__ import annotations
 
 import math
+import re
 import typing
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +72,20 @@ def real_word_share(texts: Sequence[str], known: set[str]) -> float:
     """The share of the texts' words (letters only, lower case) that are in `known`: near 1 for English a model
     learned from that text, lower for made-up words ("oppanding", "devives")."""
     words = [word for text in texts for word in words_of(text)]
+    return sum(word in known for word in words) / max(1, len(words))
+
+
+def response_words(prompt: str, response: str) -> list[str]:
+    """The words (letters only, lower case) of prompt + response that the response wrote: a response that goes on
+    without a space finishes the prompt's last word, and that word is the response's."""
+    text = prompt + response
+    return [w for match in re.finditer(r"\S+", text) if match.end() > len(prompt) for w in words_of(match.group())]
+
+
+def response_real_word_share(prompts: Sequence[str], responses: Sequence[str], known: set[str]) -> float:
+    """`real_word_share` of the responses' own words (`response_words`): the prompts are people's words, and some of
+    those are not in the training text either."""
+    words = [word for p, r in zip(prompts, responses, strict=True) for word in response_words(p, r)]
     return sum(word in known for word in words) / max(1, len(words))
 
 
@@ -180,4 +195,5 @@ def summarise_evaluation(table: pd.DataFrame, known: set[str] | None = None) -> 
     )
     if known is not None:
         summary["real_word_share"] = real_word_share(list(table["prompt"] + table["response"]), known)
+        summary["response_real_word_share"] = response_real_word_share(table["prompt"], table["response"], known)
     return summary

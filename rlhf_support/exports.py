@@ -38,6 +38,8 @@ from .evaluation import (
     known_words,
     real_word_share,
     repeats_a_word,
+    response_real_word_share,
+    response_words,
     sample_table,
 )
 from .exercises import EXERCISES, CheckResult
@@ -80,7 +82,8 @@ __all__ = [
     "find_ppo_inputs", "ppo_write_plan", "ppo_run_signature", "resume_or_start", "save_ppo_checkpoint",
     "checkpoint_due", "RunTracker", "device_clock", "minibatch_stats", "ppo_metrics", "sample_table",
     "ppo_health_table", "ppo_run_verdict",
-    "known_words", "real_word_share", "is_content_word", "repeats_a_word", "run_tagged_cell",
+    "known_words", "real_word_share", "response_real_word_share", "response_words", "is_content_word",
+    "repeats_a_word", "run_tagged_cell",
     # also reached as ru.<name> by the tests and benchmarks
     "CheckpointError", "verify_checkpoint", "recover_checkpoint", "REWARD_CONFIG", "REWARD_MODEL_LAYOUT",
     "Precision", "use_fused_gelu", "decode_responses", "distinct_n", "grouped_distinct_n", "explained_variance",

@@ -630,6 +630,43 @@ def test_repeats_a_word_by_hand() -> None:
     assert ru.repeats_a_word("fine fine", times=2) and not ru.repeats_a_word("")
 
 
+def test_real_word_share_by_hand() -> None:
+    known = ru.known_words(["A fine film .", "it 's the heart"])  # {a, fine, film, it, the, heart}: not "'s", "."
+    assert known == {"a", "fine", "film", "it", "the", "heart"}
+    # "a fine devives , film": 4 words of letters ("," is not one), 3 known
+    assert ru.real_word_share(["A fine devives , film"], known) == pytest.approx(3 / 4)
+    assert ru.real_word_share(["", ". ,"], known) == 0.0  # no words at all
+
+
+def test_response_real_word_share_counts_only_what_the_response_wrote() -> None:
+    known = {"a", "fine", "film", "to", "your", "taste"}
+    # the prompt's "zorbly" is a person's word the model did not write: it counts for prompt + response only
+    assert ru.real_word_share(["zorbly fine film"], known) == pytest.approx(2 / 3)
+    assert ru.response_real_word_share(["zorbly fine"], [" film"], known) == 1.0
+    # a response that goes on without a space finishes the prompt's last word: "toyour" is the response's word
+    assert ru.response_words("a taste to", "your film") == ["toyour", "film"]
+    assert ru.response_real_word_share(["a taste to"], ["your film"], known) == pytest.approx(1 / 2)
+    assert ru.response_words("a fine", "") == [] and ru.response_real_word_share(["a"], [""], known) == 0.0
+    with pytest.raises(ValueError):  # prompts and responses come in pairs
+        ru.response_real_word_share(["a", "b"], [" film"], known)
+
+
+def test_summarise_evaluation_reports_both_real_word_shares() -> None:
+    import pandas as pd
+
+    table = pd.DataFrame(
+        {
+            "prompt": ["zorbly fine", "a"], "response": [" film", " devives film"], "raw_score": [1.0, -1.0],
+            "positive": [True, False], "ends_with_eos": [True, True], "kl": [0.1, 0.3], "ref_nll": [2.0, 4.0],
+            "length": [1, 2],
+        }
+    )  # fmt: skip
+    summary = ru.summarise_evaluation(table, {"a", "fine", "film"})
+    assert summary["real_word_share"] == pytest.approx(4 / 6)  # zorbly fine film a devives film
+    assert summary["response_real_word_share"] == pytest.approx(2 / 3)  # film devives film
+    assert "real_word_share" not in ru.summarise_evaluation(table)
+
+
 # ---------------------------------------------------------------------------
 # the binomial interval of the curve's points
 
