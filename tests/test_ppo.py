@@ -22,25 +22,34 @@ from rlhf_support.notebook_cells import run_tagged_cell
 # The health table
 
 
-SWEEP = json.loads((Path(__file__).parent / "data" / "sweep_histories.json").read_text())["runs"]
+SWEEPS = {  # the earlier cpu model's beta sweep and the current model's (tests/data: each file says which runs)
+    model: json.loads((Path(__file__).parent / "data" / name).read_text())["runs"]
+    for model, name in (("earlier", "sweep_histories.json"), ("current", "sweep_histories_current.json"))
+}
 
 
-def sweep_run(beta: str) -> tuple[ru.History, ru.PPOConfig]:
+def sweep_run(beta: str, model: str = "current") -> tuple[ru.History, ru.PPOConfig]:
     """A measured cpu-profile run of notebook 3 at a fixed beta: its history, and its settings."""
-    run = SWEEP[beta]
+    run = SWEEPS[model][beta]
     cfg = ru.make_config(ru.PPOConfig, {"RLHF_PROFILE": "cpu"}, init_kl_coef=run["init_kl_coef"])
     return ru.History([dict(row) for row in run["rows"]]), cfg
 
 
-@pytest.mark.parametrize(("beta", "verdict"), [("0.12", "healthy"), ("0.03", "warned"), ("0.005", "broken")])
-def test_the_health_table_reads_the_measured_sweep_runs_right(beta: str, verdict: str) -> None:
-    history, cfg = sweep_run(beta)
+@pytest.mark.parametrize(
+    ("model", "beta", "verdict"),
+    [("earlier", "0.12", "healthy"), ("earlier", "0.03", "warned"), ("earlier", "0.005", "broken")]
+    + [("current", "0.12", "healthy"), ("current", "0.03", "warned"), ("current", "0.005", "broken")]
+    + [("current", "0", "broken")],
+)
+def test_the_health_table_reads_the_measured_sweep_runs_right(model: str, beta: str, verdict: str) -> None:
+    history, cfg = sweep_run(beta, model)
     assert not cfg.adaptive_kl  # the cpu profile's fixed beta: the KL bands must hold without a target
     assert ru.ppo_run_verdict(history, cfg) == verdict
 
 
-def test_the_collapsed_run_breaks_on_the_kl_and_the_repeats_not_on_the_update_metrics() -> None:
-    table = ru.ppo_health_table(*sweep_run("0.005"))
+@pytest.mark.parametrize("model", ["earlier", "current"])
+def test_the_collapsed_run_breaks_on_the_kl_and_the_repeats_not_on_the_update_metrics(model: str) -> None:
+    table = ru.ppo_health_table(*sweep_run("0.005", model))
     assert table.loc["objective/kl", "verdict"] == "broken" and table.loc["curve/repeat_share", "verdict"] == "broken"
     assert "repetition" in table.loc["curve/repeat_share", "reading"]
     # the update looked fine: the metrics of PPO practice alone would have passed this run
