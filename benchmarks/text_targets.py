@@ -40,8 +40,8 @@ def word_losses(lm: Any, tokenizer: Any, sentences: Sequence[str], max_length: i
     with torch.no_grad():
         for row in rows:
             ids = torch.tensor([row])  # (1, T)
-            logprobs = torch.log_softmax(lm(input_ids=ids).logits[0, :-1].float(), dim=-1)  # (T - 1, V)
-            losses = (-logprobs.gather(1, ids[0, 1:, None])[:, 0]).tolist()  # token t + 1's loss at t
+            logits = lm(input_ids=ids).logits  # (1, T, V)
+            losses = ru.causal_lm_loss(logits, ids, reduction="none").tolist()  # (T - 1,): token t + 1's loss at t
             words: list[tuple[list[int], float]] = []
             for position, (token_id, piece) in enumerate(zip(row, tokenizer.convert_ids_to_tokens(row), strict=True)):
                 loss = losses[position - 1] if position else 0.0

@@ -68,11 +68,15 @@ def known_words(sentences: Sequence[str]) -> set[str]:
     return {word for sentence in sentences for word in words_of(sentence)}
 
 
+def known_share(words: Sequence[str], known: set[str]) -> float:
+    """The share of `words` that are in `known` (0 for no words)."""
+    return sum(word in known for word in words) / max(1, len(words))
+
+
 def real_word_share(texts: Sequence[str], known: set[str]) -> float:
     """The share of the texts' words (letters only, lower case) that are in `known`: near 1 for English a model
     learned from that text, lower for made-up words ("oppanding", "devives")."""
-    words = [word for text in texts for word in words_of(text)]
-    return sum(word in known for word in words) / max(1, len(words))
+    return known_share([word for text in texts for word in words_of(text)], known)
 
 
 def response_words(prompt: str, response: str) -> list[str]:
@@ -85,8 +89,7 @@ def response_words(prompt: str, response: str) -> list[str]:
 def response_real_word_share(prompts: Sequence[str], responses: Sequence[str], known: set[str]) -> float:
     """`real_word_share` of the responses' own words (`response_words`): the prompts are people's words, and some of
     those are not in the training text either."""
-    words = [word for p, r in zip(prompts, responses, strict=True) for word in response_words(p, r)]
-    return sum(word in known for word in words) / max(1, len(words))
+    return known_share([word for p, r in zip(prompts, responses, strict=True) for word in response_words(p, r)], known)
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float:
