@@ -477,3 +477,18 @@ def test_a_tuning_run_far_to_the_right_is_drawn_at_the_edge_with_its_kl(tmp_path
     ax = fig.axes[0]
     assert ax.get_xlim()[1] < 12 and [t.get_text() for t in ax.texts if t.get_text().startswith("KL ")] == ["KL 50.0"]
     plt.close(fig)
+
+
+def test_the_committed_comparison_table_is_what_its_json_gives_and_what_the_docs_quote(tmp_path) -> None:
+    """benchmarks/results/estimators_cpu.md (notebook 3's section 8.4 shows it) and the table in docs/results.md are
+    the report of the committed JSON, so no figure in them can drift from the runs behind it."""
+    from benchmarks import compare_estimators
+
+    saved = ROOT / "benchmarks/results/estimators_cpu.json"
+    table, figure = tmp_path / "t.md", tmp_path / "f.png"
+    compare_estimators.main(["--report", "--json", str(saved), "--table", str(table), "--figure", str(figure),
+                             "--notebook-run", ""])  # fmt: skip
+    text = table.read_text()
+    assert text == (ROOT / "benchmarks/results/estimators_cpu.md").read_text()
+    assert all(f"| {compare_estimators.LABELS[m]} |" in text for m in compare_estimators.METHODS)
+    assert text.split("\n\nTuning")[0].strip() in (ROOT / "docs/results.md").read_text()
