@@ -146,8 +146,12 @@ def recover_checkpoint(final_dir: str | Path) -> Path:
             if complete[-1] in stale:
                 stale.remove(complete[-1])
                 print(f"{final_dir}: an interrupted save had finished writing; its new version is now in place.")
-            else:
-                print(f"{final_dir}: an interrupted save had not finished; the previous version is back in place.")
+            else:  # a save that failed between its renames, or a folder deleted by hand
+                print(
+                    f"{final_dir} was missing, so its previous version ({old.name}) is back in place, as after a "
+                    f"save that failed part-way. If you deleted {final_dir.name} to start afresh, delete {old.name} "
+                    "as well."
+                )
     for leftover in stale:
         if not old.exists():
             leftover.rename(old)  # the next save overwrites it in place

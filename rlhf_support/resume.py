@@ -278,7 +278,10 @@ def can_resume(folder: str | Path, signature: Mapping[str, Any]) -> tuple[bool, 
             f"The checkpoint in {folder} comes from a different run ({'; '.join(changes) or 'other settings'}): "
             "training starts from the SFT model and will replace it."
         )
-    return True, f"Resuming from the checkpoint in {folder}: {meta['iteration']} iterations done."
+    return True, (
+        f"Resuming from the checkpoint in {folder}: {meta['iteration']} iterations done. "
+        "To start from the SFT model instead, run `%env RLHF_RESUME=0` before the Configuration cell."
+    )
 
 
 def resume_or_start(

@@ -10,16 +10,18 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 
 import rlhf_utils as ru
-from rlhf_support.checkpoints import MANIFEST
+from rlhf_support.checkpoints import MANIFEST, spare_folder
 from rlhf_support.device import FP32
 from rlhf_support.errors import TrainingDivergedError
 from rlhf_support.notebook_cells import run_tagged_cell
@@ -287,6 +289,36 @@ def test_can_resume_only_the_same_run(tmp_path):
     (folder / MANIFEST).write_text(json.dumps({"format": 1, "meta": {"kind": "causal_lm"}, "files": {}}))
     with pytest.raises(ru.CheckpointError, match="not a PPO checkpoint"):
         can_resume(folder, SIGNATURE)
+
+
+def test_a_deleted_checkpoint_comes_back_from_its_spare_and_the_message_says_how_to_start_over(tmp_path, capsys):
+    """A learner deletes ppo_checkpoint to start PPO over: the spare (*.old, the save before) is still a complete
+    version, so it is put back and resumed (a save that failed part-way looks the same). The messages say what
+    happened and how to start over; both ways they name work."""
+    folder = tmp_path / "ppo_checkpoint"
+    ppo_iterations(Run(), 0, 4, folder)  # checkpoints at iterations 2 and 4: the spare holds 2
+    shutil.rmtree(folder)
+    fresh = Run()
+    done, history = ru.resume_or_start(
+        SimpleNamespace(checkpoint_dir=str(folder), resume=True), SIGNATURE, fresh.policy, fresh.optimizer,
+        fresh.scaler, fresh.kl_controller, fresh.generator,
+    )  # fmt: skip
+    said = capsys.readouterr().out
+    assert done == 2 and len(history.rows) == 2  # the spare, not the deleted iteration 4
+    assert "was missing, so its previous version (ppo_checkpoint.old) is back in place" in said
+    assert "delete ppo_checkpoint.old as well" in said and "%env RLHF_RESUME=0" in said
+
+    again = Run()  # the first way: RLHF_RESUME=0 starts from the SFT model; the run it replaces is the spare
+    done, history = ru.resume_or_start(
+        SimpleNamespace(checkpoint_dir=str(folder), resume=False), SIGNATURE, again.policy, again.optimizer,
+        again.scaler, again.kl_controller, again.generator,
+    )  # fmt: skip
+    assert done == 0 and history.rows == [] and ru.verify_checkpoint(folder)["iteration"] == 0
+    assert ru.verify_checkpoint(spare_folder(folder))["iteration"] == 2  # nothing saved was lost
+    shutil.rmtree(folder)  # the second way: delete both folders
+    shutil.rmtree(spare_folder(folder))
+    ok, why = can_resume(folder, SIGNATURE)
+    assert not ok and "No checkpoint" in why
 
 
 def test_run_signature_ignores_bookkeeping_but_not_training_settings(tmp_path):
