@@ -363,6 +363,7 @@ def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = N
         s["kl_to_ref"] for s in (this_run or {}).values()
     ]
     right = 1.25 * max([*shown, bon[-1][0]["kl_to_ref"], 1.0])  # a tuning run further out is drawn at the edge
+    at_edge = []  # (judge, KL, colour) of the tuning runs drawn at the right edge
     for i, method in enumerate(args.methods):
         color, marker = f"C{i}", "s" if method in DPO_METHODS else "o"
         for setting in settings_of(method, args):
@@ -371,8 +372,7 @@ def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = N
                 kl, judge = r["kl_to_ref"], 100 * r["judge_positive_share"]
                 if kl > right:
                     ax.plot(0.98 * right, judge, ">", color=color, alpha=0.5, ms=6)
-                    ax.annotate(f"KL {kl:.1f}", (0.98 * right, judge), textcoords="offset points", xytext=(-34, -3),
-                                fontsize=7, color=color)  # fmt: skip
+                    at_edge.append((judge, kl, color))
                 else:
                     ax.plot(kl, judge, marker, color=color, alpha=0.25, ms=5)
         policy = kept_runs[method]
@@ -388,6 +388,13 @@ def frontier_figure(results: dict[str, Any], args: argparse.Namespace | None = N
         if name != "SFT" and "SFT" in points:
             ax.annotate("", (kl, judge), points["SFT"], arrowprops=dict(arrowstyle="->", color="black", lw=0.8))
     ax.set_xlim(-0.04 * right, right)
+    bottom, top = ax.get_ylim()
+    gap, below = 0.035 * (top - bottom), -math.inf  # a label's height: labels at the edge step up so none overlap
+    for judge, kl, color in sorted(at_edge):
+        below = max(judge, below + gap)
+        ax.annotate(f"KL {kl:.1f}", (0.98 * right, below), textcoords="offset points", xytext=(-34, -3), fontsize=7,
+                    color=color)  # fmt: skip
+    ax.set_ylim(bottom, max(top, below + gap))
     ax.set_xlabel("KL to the SFT model, nats per sequence (held-out prompts)")
     ax.set_ylabel("judge (VADER) positive share, %")
     ax.set_title(f"{args.profile} profile: mean and range over {len(args.seeds)} seeds; faint: other settings, seed "

@@ -479,6 +479,31 @@ def test_a_tuning_run_far_to_the_right_is_drawn_at_the_edge_with_its_kl(tmp_path
     plt.close(fig)
 
 
+def test_the_kl_labels_at_the_edge_never_overlap() -> None:
+    """Two tuning runs far to the right at nearly the same share (REINFORCE++ at 7.5e-5 and 1.5e-4: 69.1% and 69.0%)
+    printed their KLs on top of each other; each label now sits at least a label's height above the one below."""
+    import itertools
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import compare_estimators
+
+    fig = compare_estimators.frontier_figure(json.loads((ROOT / "benchmarks/results/estimators_cpu.json").read_text()))
+    fig.canvas.draw()
+    labels = [t for t in fig.axes[0].texts if t.get_text().startswith("KL ")]
+    boxes = [t.get_window_extent() for t in labels]
+    assert len(labels) >= 10 and "KL 26.5" in {t.get_text() for t in labels}  # online DPO's collapse is among them
+    overlapping = [(a.get_text(), b.get_text()) for (a, x), (b, y) in itertools.combinations(zip(labels, boxes), 2)
+                   if x.overlaps(y)]  # fmt: skip
+    assert not overlapping
+    top = fig.axes[0].get_ylim()[1]
+    assert all(t.xy[1] < top for t in labels)  # and all inside the axes
+    plt.close(fig)
+
+
 def test_the_committed_comparison_table_is_what_its_json_gives_and_what_the_docs_quote(tmp_path) -> None:
     """benchmarks/results/estimators_cpu.md (notebook 3's section 8.4 shows it) and the table in docs/results.md are
     the report of the committed JSON, so no figure in them can drift from the runs behind it."""
